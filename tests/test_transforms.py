@@ -1,0 +1,54 @@
+"""Joint transforms: image and mask stay aligned, masks keep integer labels."""
+
+import torch
+from torchvision import tv_tensors
+
+from segtut.transforms import IMAGENET_MEAN, EvalTransform, resize_transforms, train_transforms
+
+IGNORE = 11
+
+
+def striped_pair(height=60, width=220):
+    """An image whose red channel encodes the column's class, and the matching mask."""
+    labels = (torch.arange(width) * 11 // width).expand(height, width)  # (H, W) 0..10 by column
+    image = torch.zeros(3, height, width, dtype=torch.uint8)
+    image[0] = (labels * 20).to(torch.uint8)  # red = 20 * class
+    return tv_tensors.Image(image), tv_tensors.Mask(labels.clone())
+
+
+def test_train_transform_keeps_image_and_mask_aligned():
+    torch.manual_seed(0)
+    transform = train_transforms((48, 64), ignore_index=IGNORE, jitter=0.0)
+    for _ in range(20):
+        image, mask = transform(*striped_pair())
+        assert image.shape == (3, 48, 64) and image.dtype == torch.float32
+        assert mask.shape == (48, 64) and mask.dtype == torch.int64
+        red = image[0] * 0.229 + IMAGENET_MEAN[0]  # undo the normalisation: red = 20 * class / 255
+        labelled = mask != IGNORE
+        expected = mask[labelled].float() * 20 / 255
+        # Interior pixels agree exactly; the image's bilinear resize may blur a column at borders.
+        agree = (red[labelled] - expected).abs() < 0.02
+        assert agree.float().mean() > 0.9  # a flip or shift of one of the two gives < 0.2
+
+
+def test_masks_only_hold_existing_labels_after_resize():
+    torch.manual_seed(0)
+    image, mask = striped_pair()
+    _, small = resize_transforms((17, 23))(image, mask)
+    assert set(small.unique().tolist()) <= set(mask.unique().tolist())
+
+
+def test_crop_past_the_border_pads_the_mask_with_ignore():
+    torch.manual_seed(0)
+    image, mask = striped_pair(20, 20)
+    transform = train_transforms((64, 64), ignore_index=IGNORE, scale=(0.5, 0.5), jitter=0.0)
+    _, out = transform(image, mask)
+    assert (out == IGNORE).any()
+    assert set(out.unique().tolist()) <= set(range(11)) | {IGNORE}
+
+
+def test_eval_transform_keeps_the_mask_at_native_size():
+    image, mask = striped_pair(90, 120)
+    out_image, out_mask = EvalTransform((45, 60))(image, mask)
+    assert out_image.shape == (3, 45, 60)
+    assert out_mask.shape == (90, 120) and torch.equal(out_mask, mask)
