@@ -66,6 +66,11 @@ def one_cycle_schedule(optimizer: torch.optim.Optimizer, total_steps: int,
                                                pct_start=0.3)
 
 
+def _progress_bar(iterable, description: str, progress: bool):
+    # Without an explicit "off", tqdm's own settings apply (TQDM_DISABLE=1 silences every bar).
+    return tqdm(iterable, desc=description, leave=False, **({} if progress else {"disable": True}))
+
+
 def _autocast(device: torch.device, enabled: bool):
     # bfloat16 needs no loss scaling; float16 (older GPUs) gets a GradScaler in fit().
     dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
@@ -83,7 +88,7 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: Callable, optimizer: torc
     """
     model.train()
     total_loss, steps, images_seen, start = 0.0, 0, 0, time.perf_counter()
-    bar = tqdm(loader, desc=description, leave=False, disable=not progress)
+    bar = _progress_bar(loader, description, progress)
     for images, masks in bar:
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         with _autocast(device, amp):
@@ -140,7 +145,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, *, num_classes: int
     """
     matrix = ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
     total_loss, batches, start = 0.0, 0, time.perf_counter()
-    for images, masks in tqdm(loader, desc="eval", leave=False, disable=not progress):
+    for images, masks in _progress_bar(loader, "eval", progress):
         images, masks = images.to(device), masks.to(device)
         logits = predict(model, images, size=tuple(masks.shape[-2:]), amp=amp)  # (N, C, H, W)
         if loss_fn is not None:
@@ -213,7 +218,8 @@ def fit(model: nn.Module, train_loader, val_loader, *, loss_fn: Callable,
 
     Returns:
         The history: one dict per epoch with ``epoch``, ``train_loss``, ``val_loss``,
-        ``val_mean_iou``, ``val_pixel_accuracy``, ``lr``, ``train_seconds``, ``elapsed_s``.
+        ``val_mean_iou``, ``val_pixel_accuracy``, ``lr``, ``train_seconds`` (this epoch),
+        ``train_seconds_total`` (all epochs so far, resumed ones included), ``eval_seconds``.
     """
     model.to(device)
     amp = device.type == "cuda" if amp is None else amp
