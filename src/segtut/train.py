@@ -10,6 +10,7 @@ logits ``(N, C, h, w)`` (a dict with key ``"out"``, as torchvision returns, is a
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -67,8 +68,9 @@ def one_cycle_schedule(optimizer: torch.optim.Optimizer, total_steps: int,
 
 
 def _progress_bar(iterable, description: str, progress: bool):
-    # Without an explicit "off", tqdm's own settings apply (TQDM_DISABLE=1 silences every bar).
-    return tqdm(iterable, desc=description, leave=False, **({} if progress else {"disable": True}))
+    # TQDM_DISABLE=1 silences the bars too (the notebook runner sets it for stored outputs).
+    disable = not progress or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
+    return tqdm(iterable, desc=description, leave=False, disable=disable)
 
 
 def _autocast(device: torch.device, enabled: bool):
