@@ -51,3 +51,15 @@ def test_unet_chapter_shows_the_unet():
     chapter = ROOT / "notebooks" / "03_unet_from_scratch.ipynb"
     tags = [t for c in cells(chapter) for t in c["metadata"].get("tags", [])]
     assert tags.count("segtut:models/unet.py") >= 4
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_stored_figures_are_pictures(path):
+    # A figure that reached the notebook only as "<Figure size ...>" text shows readers nothing.
+    for cell in cells(path):
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            text = "".join(data.get("text/plain", ""))
+            if text.startswith("<Figure size"):
+                assert "image/png" in data or "image/svg+xml" in data, (
+                    f"{path.name}: a figure was stored as text only: {text}")

@@ -1,9 +1,9 @@
 """Pictures of segmentation data and results: colour masks, overlays, sample grids, curves, tables.
 
 Every plotting function builds and returns a :class:`matplotlib.figure.Figure`; none calls
-``plt.show()``. Figures are made with ``Figure(...)`` rather than ``pyplot``, so a notebook shows one
-exactly once when it is the last expression of a cell (or with ``display(fig)``), nothing piles up
-in pyplot's list of open figures, and no backend is chosen here. Save one with ``fig.savefig(path)``.
+``plt.show()``. Each figure is made by pyplot and closed at once (:func:`new_figure`): a notebook
+shows it exactly once when it is the last expression of a cell (or with ``display(fig)``), and
+nothing piles up in pyplot's list of open figures. Save one with ``fig.savefig(path)``.
 
 Shapes follow the data contract of :mod:`segtut`:
 
@@ -28,6 +28,20 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+
+
+def new_figure(**kwargs) -> Figure:
+    """A pyplot figure, closed at once, so a notebook cell that returns it shows it exactly once.
+
+    Going through pyplot (rather than ``Figure()``) matters in Jupyter: pyplot's first figure is
+    what sets up the notebook's inline display of figures, without which a returned figure
+    prints as ``<Figure size ...>`` text.
+    """
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(**kwargs)
+    plt.close(fig)
+    return fig
 
 from segtut.data import CLASS_NAMES, IGNORE_INDEX, PALETTE, VOID_NAME
 from segtut.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -265,7 +279,7 @@ def show_samples(images, masks, predictions=None, class_names: Sequence[str] = C
             headers.append("errors")
     columns = len(headers)
 
-    fig = Figure(figsize=(3.2 * columns, 2.5 * rows + 0.9), layout="constrained")
+    fig = new_figure(figsize=(3.2 * columns, 2.5 * rows + 0.9), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False)  # (rows, columns)
     for row in range(rows):
         mask = _label_map(masks[row])
@@ -333,7 +347,7 @@ def plot_history(history: Sequence[Mapping], show_lr: bool = False) -> Figure:
     loss_keys = [k for k in keys if k.endswith("loss")]
     metric_keys = [k for k in keys if any(word in k for word in ("iou", "accuracy", "dice"))]
     panels = 3 if show_lr else 2
-    fig = Figure(figsize=(5.0 * panels, 3.6), layout="constrained")
+    fig = new_figure(figsize=(5.0 * panels, 3.6), layout="constrained")
     axes = fig.subplots(1, panels, squeeze=False)[0]
     for ax, group, ylabel in ((axes[0], loss_keys, "loss"), (axes[1], metric_keys, "score")):
         plotted = False
@@ -418,7 +432,7 @@ def plot_iou_bars(iou, class_names: Sequence[str] = CLASS_NAMES, title: Optional
     if len(colours) < num_classes:
         raise ValueError(f"The palette has {len(palette)} colours for {num_classes} classes.")
     height = 0.8 / len(runs)
-    fig = Figure(figsize=(7.0, 1.2 + num_classes * (0.3 + 0.2 * len(runs))), layout="constrained")
+    fig = new_figure(figsize=(7.0, 1.2 + num_classes * (0.3 + 0.2 * len(runs))), layout="constrained")
     ax = fig.subplots()
     positions = np.arange(num_classes)  # (num_classes,)
     legend = []
@@ -498,7 +512,7 @@ def plot_confusion(matrix, class_names: Sequence[str] = CLASS_NAMES,
             values = counts / denominators[normalize] * 100.0  # (C, C) percent; 0/0 -> NaN
 
     size = 2.0 + 0.5 * num_classes
-    fig = Figure(figsize=(size + (1.0 if colorbar else 0.0), size), layout="constrained")
+    fig = new_figure(figsize=(size + (1.0 if colorbar else 0.0), size), layout="constrained")
     ax = fig.subplots()
     cmap = matplotlib.colormaps["Blues"].with_extremes(bad="0.9")
     image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0,
