@@ -1,26 +1,9 @@
-"""Shared pytest configuration for the segtut tests."""
+"""Fixtures shared by the unit tests (the environment set-up is in the root conftest.py)."""
 
 import os
 from pathlib import Path
 
 import pytest
-
-
-def pytest_configure(config):
-    # The browser test builds the book and opens it in headless Chromium (tests/test_website.py).
-    # Deselect it with: pytest -m "not website"
-    config.addinivalue_line(
-        "markers", "website: builds the book and checks the rendered site in headless Chromium")
-
-
-def pytest_sessionstart(session):
-    # Notebooks run under nbval in the fast smoke profile, without progress bars; the kernels
-    # inherit these. Set SEGTUT_PROFILE yourself to run them another way.
-    import os
-
-    os.environ.setdefault("SEGTUT_PROFILE", "smoke")
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")

@@ -140,6 +140,14 @@ def test_grey_mask_saved_as_rgb_and_palette_mask_are_accepted(tmp_path):
     assert read_mask(tmp_path / "p.png").max() <= IGNORE_INDEX
 
 
+def test_grey_mask_with_alpha_channel_is_accepted(tmp_path):
+    # Some editors save label maps as greyscale + alpha (mode LA); alpha is not a label.
+    mask = labels()
+    alpha = np.full_like(mask, 255)
+    Image.fromarray(np.stack([mask, alpha], axis=2), "LA").save(tmp_path / "la.png")
+    assert torch.equal(read_mask(tmp_path / "la.png"), torch.from_numpy(mask).long())
+
+
 def test_size_mismatch_names_both_files(tmp_path):
     dataset = folder_dataset(tmp_path, rgb(6, 8), labels(6, 9))
     with pytest.raises(DataError, match="nearest") as error:

@@ -7,7 +7,23 @@ from segtut.models import MODELS, build_model, count_parameters
 from segtut.models.unet import UNet
 
 # Small options per model, so the whole file runs in seconds on a CPU.
-SMALL = {"unet": dict(base_channels=4, depth=3)}
+# Library models never download here: pretrained=False (tests/test_library_models.py covers the
+# pretrained and offline paths); DeepLabV3's auxiliary head gets no gradient from the main
+# logits alone, so it is left out (test_library_models.py trains it through AuxLoss).
+SMALL = {
+    "unet": dict(base_channels=4, depth=3),
+    "fcn8s": dict(base_channels=4),
+    "fcn8s_separable": dict(base_channels=4),
+    "smp_unet": dict(pretrained=False),
+    "smp_fpn": dict(pretrained=False),
+    "smp_segformer": dict(pretrained=False),
+    "deeplabv3": dict(pretrained=False, aux_loss=False),
+    "mobilenetv2_unet": dict(pretrained=False, decoder_channels=(32, 16, 16, 8)),
+    "fc_densenet56": dict(first_channels=8, growth_rate=4),
+    "fc_densenet67": dict(first_channels=8, growth_rate=4),
+    "fc_densenet103": dict(first_channels=8, growth_rate=4),
+    "densenet_unet": dict(pretrained=False, decoder_channels=(32, 16, 16, 8)),
+}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

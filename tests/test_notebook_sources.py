@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]*_*.ipynb"))
 # Cells tagged "segtut:<path>" show, in order, the code of src/segtut/<path> after its
 # "# %% notebook-copy starts here" line.
 MARKER = "# %% notebook-copy starts here\n"

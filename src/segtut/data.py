@@ -105,6 +105,9 @@ def read_mask(path: str | Path, num_classes: int = NUM_CLASSES,
     except (UnidentifiedImageError, OSError) as error:
         raise DataError(f"Cannot read mask {path}: {error}. The file is corrupt or not an "
                         "image; replace it (re-download the dataset).") from None
+    if array.ndim == 3 and array.shape[2] == 2:
+        # Greyscale + alpha (mode LA): the alpha channel is transparency, not a label.
+        array = array[..., 0]
     if array.ndim == 3:
         # A mask saved with several channels: fine if they are copies, else it is a colour mask.
         if all(np.array_equal(array[..., 0], array[..., c]) for c in range(1, min(3, array.shape[2]))):

@@ -1,6 +1,7 @@
 """The model registry: every architecture of the series, built by name.
 
 >>> model = build_model("unet", num_classes=11, base_channels=16)
+>>> model = build_model("smp_unet", num_classes=11, encoder_name="resnet18", pretrained=True)
 
 Each entry is a function ``(num_classes, **options) -> nn.Module`` whose model maps images
 ``(N, 3, H, W)`` to logits ``(N, num_classes, H, W)`` at the input size.
@@ -12,10 +13,29 @@ from typing import Callable
 
 from torch import nn
 
+from segtut.models.fc_densenet import densenet_unet, fc_densenet56, fc_densenet67, fc_densenet103
+from segtut.models.fcn import FCN8s, fcn8s_separable
+from segtut.models.library import smp_fpn, smp_segformer, smp_unet, torchvision_deeplabv3
+from segtut.models.mobilenetv2_unet import mobilenetv2_unet
 from segtut.models.unet import UNet
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "unet": UNet,
+    "fcn8s": FCN8s,
+    "fcn8s_separable": fcn8s_separable,  # FCN-8s with depthwise-separable convolutions
+    # FC-DenseNet, "The One Hundred Layers Tiramisu" (Jegou et al., 2017): the paper's three sizes.
+    "fc_densenet56": fc_densenet56,
+    "fc_densenet67": fc_densenet67,
+    "fc_densenet103": fc_densenet103,
+    # Library models (segtut.models.library): pretrained=True tries ImageNet encoder weights and
+    # falls back to random initialisation offline; model.weights_source says which happened.
+    "smp_unet": smp_unet,
+    "smp_fpn": smp_fpn,
+    "smp_segformer": smp_segformer,
+    "deeplabv3": torchvision_deeplabv3,
+    # From-scratch decoders on torchvision encoders (same pretrained=True behaviour as above).
+    "mobilenetv2_unet": mobilenetv2_unet,
+    "densenet_unet": densenet_unet,  # backbone="densenet121" / "densenet169" / "densenet201"
 }
 
 
