@@ -1,0 +1,81 @@
+"""The results table on the landing page holds numbers that the chapters' stored outputs print.
+
+Every row links to its chapter; its val and test mIoU (percent, one decimal) must appear in that
+notebook's stored outputs, either as a percentage (``42.1``) or as a fraction (``0.4206``).
+A number typed into the table by hand, or left behind after a chapter is re-run, fails here.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+INTRO = ROOT / "book" / "intro.md"
+NUMBER = re.compile(r"(?<![\w.])\d+\.\d+")
+
+
+def table_rows():
+    text = INTRO.read_text()
+    start = text.index("<!-- RESULTS TABLE")
+    rows = []
+    for line in text[start:].splitlines()[1:]:
+        if not line.startswith("|"):
+            if rows:
+                break
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if cells[0] in ("Model", "") or set(cells[0]) <= set("-"):
+            continue
+        rows.append(cells)
+    return rows
+
+
+def stored_text(notebook: Path) -> str:
+    parts = []
+    for cell in json.loads(notebook.read_text())["cells"]:
+        for output in cell.get("outputs", []):
+            parts.append("".join(output.get("text", "")))
+            data = output.get("data", {})
+            parts.append("".join(data.get("text/plain", "")))
+            parts.append("".join(data.get("text/html", "")))
+    return "\n".join(parts)
+
+
+def printed(value: float, text: str) -> bool:
+    for match in NUMBER.finditer(text):
+        number = float(match.group())
+        decimals = len(match.group().split(".")[1])
+        if decimals == 1 and abs(number - value) < 1e-9:
+            return True
+        if decimals >= 3 and number <= 1 and round(100 * number, 1) == value:
+            return True
+    return False
+
+
+ROWS = table_rows()
+
+
+def test_the_table_has_rows():
+    assert len(ROWS) >= 2
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda row: row[0][:40])
+def test_row_matches_the_chapters_stored_outputs(row):
+    link = re.search(r"\(\.\./notebooks/([\w.]+\.ipynb)\)", row[1])
+    assert link, f"the chapter cell {row[1]!r} must link to a notebook"
+    notebook = ROOT / "notebooks" / link.group(1)
+    assert notebook.exists(), notebook
+    text = stored_text(notebook)
+    for label, cell in (("val", row[-2]), ("test", row[-1])):
+        value = float(cell)
+        assert printed(value, text), (f"{row[0]}: {label} mIoU {value} is not printed in the stored "
+                                      f"outputs of {notebook.name}; re-run it or fix the table")
+
+
+def test_printed_reads_percentages_and_fractions():
+    assert printed(42.1, "val mIoU 0.4206")
+    assert printed(42.1, "val mIoU %  42.1")
+    assert not printed(42.1, "val mIoU 0.4249")
+    assert not printed(42.1, "142.1 and 42.15")
