@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +18,45 @@ def camvid_dir() -> Path:
             return base / "camvid"
     pytest.skip(f"real CamVid not found: no camvid/ folder in {[str(c) for c in candidates]}; "
                 "set SEGTUT_DATA_DIR to a folder holding camvid/ to run these tests")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of small models (``pytestmark = usefixtures("one_thread")``).
+
+    Small forward and backward passes gain nothing from more threads, and on a machine busy with
+    other work the extra threads wait on each other (a 2-step fit went from 3 s to 30 s).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_network(monkeypatch, tmp_path):
+    """Empty weight caches, SEGTUT_OFFLINE unset, and a test failure on any download attempt.
+
+    Returns ``tmp_path``; ``TORCH_HOME`` points at ``tmp_path / "torch-home"``.
+    """
+    import huggingface_hub
+
+    from segtut.models import library
+
+    monkeypatch.delenv("SEGTUT_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv(library.WEIGHTS_DIR_ENV, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+
+    def hf_download(*args, local_files_only=False, **kwargs):
+        if local_files_only:
+            raise FileNotFoundError("not in the (test's empty) Hugging Face cache")
+        pytest.fail("tried to download from the Hugging Face Hub")
+
+    def torch_download(*args, **kwargs):
+        pytest.fail("tried to download from download.pytorch.org")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_download)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", torch_download)
+    monkeypatch.setattr(library, "_unreachable", lambda host, timeout=0: f"cannot reach {host} (test)")
+    return tmp_path

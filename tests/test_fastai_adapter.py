@@ -19,14 +19,7 @@ from segtut.metrics import ConfusionMatrix  # noqa: E402
 from segtut.transforms import EvalTransform  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: these tiny models gain nothing from more, and on a machine busy with
-    other work extra threads wait on each other (a 2-step fit went from 3 s to 30 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

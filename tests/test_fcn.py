@@ -11,13 +11,7 @@ from segtut.models.fcn import (FCN8s, BilinearUpsample, SeparableConvNormReLU, b
                                crop_to, fcn8s_separable)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: these small passes gain nothing from more on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def interior(x: torch.Tensor, margin: int) -> torch.Tensor:

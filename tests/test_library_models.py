@@ -20,42 +20,12 @@ LIBRARY_MODELS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: these small forward passes gain nothing from more, and on a machine busy
-    with other work extra threads wait on each other (a 0.3 s test became 10 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(label: str, **options) -> nn.Module:
     return build_model(label.split()[0], num_classes=5, **{**LIBRARY_MODELS[label], **options})
 
-
-@pytest.fixture
-def no_network(monkeypatch, tmp_path):
-    """Empty weight caches, SEGTUT_OFFLINE unset, and a test failure on any download attempt."""
-    import huggingface_hub
-
-    monkeypatch.delenv("SEGTUT_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv(library.WEIGHTS_DIR_ENV, raising=False)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-
-    def hf_download(*args, local_files_only=False, **kwargs):
-        if local_files_only:
-            raise FileNotFoundError("not in the (test's empty) Hugging Face cache")
-        pytest.fail("tried to download from the Hugging Face Hub")
-
-    def torch_download(*args, **kwargs):
-        pytest.fail("tried to download from download.pytorch.org")
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_download)
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", torch_download)
-    monkeypatch.setattr(library, "_unreachable", lambda host, timeout=0: f"cannot reach {host} (test)")
-    return tmp_path
 
 
 @pytest.mark.parametrize("label", sorted(LIBRARY_MODELS))

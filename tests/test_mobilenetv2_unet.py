@@ -17,29 +17,8 @@ from segtut.models.mobilenetv2_unet import (BOTTLENECK, SKIP_TAPS, MobileNetV2En
 WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"  # torchvision's MobileNet_V2_Weights.IMAGENET1K_V1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: these small passes gain nothing from more on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture
-def no_network(monkeypatch, tmp_path):
-    """No weights folder, an empty PyTorch cache, and a test failure on any download attempt."""
-    monkeypatch.delenv("SEGTUT_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv(library.WEIGHTS_DIR_ENV, raising=False)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-
-    def torch_download(*args, **kwargs):
-        pytest.fail("tried to download from download.pytorch.org")
-
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", torch_download)
-    monkeypatch.setattr(library, "_unreachable", lambda host, timeout=0: f"cannot reach {host} (test)")
-    return tmp_path
 
 
 def test_weights_file_name_is_torchvisions():
