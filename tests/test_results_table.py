@@ -1,8 +1,10 @@
 """The results table on the landing page holds numbers that the chapters' stored outputs print.
 
 Every row links to its chapter; its val and test mIoU (percent, one decimal) must appear in that
-notebook's stored outputs, either as a percentage (``42.1``) or as a fraction (``0.4206``).
-A number typed into the table by hand, or left behind after a chapter is re-run, fails here.
+notebook's stored outputs, either as a percentage (``42.1``) or as a fraction (``0.4206``), and
+so must its training time in minutes (``8.5``, or ``8.45`` that rounds to it) and its number of
+epochs. A number typed into the table by hand, or left behind after a chapter is re-run, fails
+here.
 """
 
 import json
@@ -54,6 +56,19 @@ def printed(value: float, text: str) -> bool:
     return False
 
 
+def printed_minutes(value: float, text: str) -> bool:
+    """``value`` (minutes, one decimal) is printed as such, or with more decimals rounding to it."""
+    for match in NUMBER.finditer(text):
+        number, decimals = float(match.group()), len(match.group().split(".")[1])
+        if decimals == 1 and abs(number - value) < 1e-9:
+            return True
+        if decimals >= 2 and abs(number - value) <= 0.05 + 1e-9:  # 8.45 rounds to 8.5 (or 8.4)
+            return True
+    return False
+
+
+TIME = re.compile(r"([\d.]+) min \((\d+) epochs?\)")
+
 ROWS = table_rows()
 
 
@@ -72,6 +87,13 @@ def test_row_matches_the_chapters_stored_outputs(row):
         value = float(cell)
         assert printed(value, text), (f"{row[0]}: {label} mIoU {value} is not printed in the stored "
                                       f"outputs of {notebook.name}; re-run it or fix the table")
+    time = TIME.search(row[4])
+    assert time, f"{row[0]}: the training time {row[4]!r} must read 'M.M min (N epochs)'"
+    minutes, epochs = float(time.group(1)), int(time.group(2))
+    assert printed_minutes(minutes, text), (f"{row[0]}: {minutes} min of training is not printed in "
+                                            f"the stored outputs of {notebook.name}")
+    assert re.search(rf"(?<![\d.]){epochs}(?![\d.])", text), (
+        f"{row[0]}: {epochs} epochs is not printed in the stored outputs of {notebook.name}")
 
 
 def test_printed_reads_percentages_and_fractions():
@@ -79,3 +101,9 @@ def test_printed_reads_percentages_and_fractions():
     assert printed(42.1, "val mIoU %  42.1")
     assert not printed(42.1, "val mIoU 0.4249")
     assert not printed(42.1, "142.1 and 42.15")
+
+
+def test_printed_minutes_rounds_but_does_not_guess():
+    assert printed_minutes(8.5, "trained 22 epochs: 8.5 min of training")
+    assert printed_minutes(8.5, "train min 8.45")
+    assert not printed_minutes(4.2, "train min 4.39")
