@@ -210,7 +210,8 @@ def per_image_iou(model: nn.Module, dataset: Dataset, device: torch.device, *, n
         ``pandas.DataFrame`` with one row per item, indexed by the item's position in
         ``dataset`` (index named "index", the number to pass to
         :func:`segtut.viz.show_predictions` with the same dataset), and columns ``"file"``
-        (file name or None), ``"sequence"`` (:func:`sequence_of`), ``"mean_iou"``,
+        (file name; missing, i.e. NaN, when unknown), ``"sequence"`` (:func:`sequence_of`;
+        missing when unknown), ``"mean_iou"``,
         ``"pixel_accuracy"`` (fractions) and ``"classes"`` (how many classes the mean covers).
     """
     import pandas as pd
