@@ -1,4 +1,4 @@
-"""segtut.evaluation: per-split tables, per-image scores, worst images, frames spread over sequences."""
+"""segtut.evaluation: split tables, per-image scores, worst images, frames over sequences."""
 
 import math
 from pathlib import Path
@@ -75,7 +75,8 @@ def test_evaluate_splits_numbers_equal_train_evaluate():
         np.testing.assert_allclose(per_class[f"{split} IoU %"].iloc[:-1],
                                    100 * np.array(expected["iou"]), equal_nan=True)
         assert summary.loc[split, "mIoU %"] == pytest.approx(100 * expected["mean_iou"])
-        assert summary.loc[split, "pixel accuracy %"] == pytest.approx(100 * expected["pixel_accuracy"])
+        accuracy = summary.loc[split, "pixel accuracy %"]
+        assert accuracy == pytest.approx(100 * expected["pixel_accuracy"])
         assert summary.loc[split, "mean Dice %"] == pytest.approx(100 * expected["mean_dice"])
         # The per-class table's mean row is the split's mIoU, absent classes left out.
         assert per_class[f"{split} IoU %"].iloc[-1] == pytest.approx(100 * expected["mean_iou"])
@@ -211,7 +212,10 @@ def test_pick_frames_covers_every_sequence_evenly(seed):
 
 def test_pick_frames_shares_out_by_size():
     dataset = sequences_dataset()
-    by_sequence = lambda picks: {s: sum(p in positions_of(dataset, s) for p in picks) for s in SIZES}
+
+    def by_sequence(picks):
+        return {s: sum(p in positions_of(dataset, s) for p in picks) for s in SIZES}
+
     assert by_sequence(pick_frames(dataset, 2)) == {"A": 1, "B": 0, "C": 1}  # largest first
     assert by_sequence(pick_frames(dataset, 10)) == {"A": 3, "B": 3, "C": 4}
     assert by_sequence(pick_frames(dataset, 20)) == {"A": 8, "B": 3, "C": 9}

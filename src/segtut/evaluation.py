@@ -224,7 +224,8 @@ def per_image_iou(model: nn.Module, dataset: Dataset, device: torch.device, *, n
         predictions = logits.argmax(dim=1).cpu()  # (N, H, W)
         for prediction, mask in zip(predictions, masks):
             index = len(rows)
-            rows.append({"index": index, "file": names[index], "sequence": sequence_of(names[index]),
+            rows.append({"index": index, "file": names[index],
+                         "sequence": sequence_of(names[index]),
                          **image_scores(prediction, mask, num_classes=num_classes,
                                         ignore_index=ignore_index)})
     columns = ["index", "file", "sequence", "mean_iou", "pixel_accuracy", "classes"]

@@ -371,7 +371,8 @@ def show_predictions(model, dataset, indices: Sequence[int], device, *,
         raise ValueError("show_predictions needs a model or a non-empty {name: model} mapping.")
     indices = [int(index) for index in indices]
     if not indices:
-        raise ValueError("show_predictions got no indices; pick some, e.g. pick_frames(dataset, 4).")
+        raise ValueError("show_predictions got no indices; pick some, e.g. "
+                         "pick_frames(dataset, 4).")
     if show_errors is None:
         show_errors = len(models) == 1
     if ious is not None and len(models) > 1:
