@@ -209,3 +209,106 @@ def test_iou_table_mean_row_is_the_nanmean():
     rounded = iou_table(iou_val)
     assert list(rounded.columns) == ["class", "IoU"]
     assert rounded["IoU"].iloc[-1] == round(100 * np.nanmean(iou_val), 1)
+
+
+class _LookupModel(torch.nn.Module):
+    """Predicts the class id written in channel 0 of the (normalised) image, at the image size."""
+
+    def forward(self, images):  # (N, 3, h, w) -> (N, C, h, w)
+        ids = images[:, 0].round().long().clamp(0, NUM_CLASSES - 1)
+        return torch.nn.functional.one_hot(ids, NUM_CLASSES).permute(0, 3, 1, 2).float()
+
+
+class _Frames(torch.utils.data.Dataset):
+    """Eval-transform-like items: float image (3, h, w), int64 mask (2h, 2w); names in ``images``.
+
+    Channel 0 of the image holds the true class of each 2x2 block of the mask, so
+    ``_LookupModel`` (logits upsampled to the mask) is right everywhere but on void pixels.
+    """
+
+    def __init__(self, count=3, size=(3, 4)):
+        from pathlib import Path
+
+        generator = torch.Generator().manual_seed(5)
+        small = torch.randint(0, NUM_CLASSES, (count, *size), generator=generator)  # (N, h, w)
+        self.masks = small.repeat_interleave(2, 1).repeat_interleave(2, 2)  # (N, 2h, 2w)
+        self.masks[:, 0, 0] = IGNORE_INDEX
+        self.pictures = torch.randn(count, 3, *size, generator=generator)
+        self.pictures[:, 0] = small.float()
+        self.images = [Path(f"SEQ{i % 2}_{i:04d}.png") for i in range(count)]
+
+    def __len__(self):
+        return len(self.masks)
+
+    def __getitem__(self, index):
+        return self.pictures[index], self.masks[index]
+
+
+def test_show_predictions_rows_columns_labels_and_legend():
+    from segtut.viz import show_predictions
+
+    frames = _Frames()
+    fig = show_predictions(_LookupModel(), frames, [2, 0], torch.device("cpu"), title="oracle")
+    assert isinstance(fig, Figure) and len(fig.axes) == 2 * 4
+    axes = np.array(fig.axes).reshape(2, 4)
+    assert [ax.get_title() for ax in axes[0]] == ["image", "ground truth", "prediction", "errors"]
+    assert [ax.get_ylabel() for ax in axes[:, 0]] == ["SEQ0_0002.png", "SEQ0_0000.png"]
+    assert axes[1, 2].get_xlabel() == "mIoU 100.0%" and axes[1, 3].get_xlabel() == "0.0% wrong"
+    # The image is shown de-normalised at its own size, the labels at the mask's size.
+    assert axes[0, 0].get_images()[0].get_array().shape == (3, 4, 3)
+    assert axes[0, 2].get_images()[0].get_array().shape == (6, 8, 3)
+    labels = [text.get_text() for text in fig.legends[0].get_texts()]
+    assert labels == list(CLASS_NAMES) + ["void", "right", "wrong"]
+    assert fig._suptitle.get_text() == "oracle"
+    fig.canvas.draw()
+
+
+def test_show_predictions_compares_models_and_takes_given_ious():
+    import pandas as pd
+
+    from segtut.viz import show_predictions
+
+    frames = _Frames()
+    wrong = torch.nn.Conv2d(3, NUM_CLASSES, 1)
+    torch.nn.init.zeros_(wrong.weight)
+    with torch.no_grad():
+        wrong.bias.copy_(torch.arange(NUM_CLASSES, dtype=torch.float))  # always the last class
+    fig = show_predictions({"oracle": _LookupModel(), "constant": wrong}, frames, [1],
+                           torch.device("cpu"))
+    assert len(fig.axes) == 4  # image, ground truth, two predictions: no error maps by default
+    assert [ax.get_title() for ax in fig.axes] == ["image", "ground truth", "oracle", "constant"]
+    assert fig.axes[2].get_xlabel() == "mIoU 100.0%"
+    # The constant prediction: IoU of the last class = its true share, 0 for the other classes.
+    scored = frames.masks[1][frames.masks[1] != IGNORE_INDEX]
+    last = NUM_CLASSES - 1
+    expected = float((scored == last).float().mean()) / len(set(scored.tolist()) | {last})
+    assert fig.axes[3].get_xlabel() == f"mIoU {expected:.1%}"
+    assert len(show_predictions({"a": wrong, "b": wrong}, frames, [0, 1], "cpu",
+                                show_errors=True).axes) == 2 * 6
+    # Given scores keyed by dataset index (as per_image_iou's column is) are printed instead.
+    ious = pd.Series([0.1, 0.2, 0.3], index=pd.RangeIndex(3, name="index"))
+    fig = show_predictions(wrong, frames, [2, 1], "cpu", ious=ious)
+    assert [fig.axes[2].get_xlabel(), fig.axes[6].get_xlabel()] == ["mIoU 30.0%", "mIoU 20.0%"]
+    fig = show_predictions(wrong, frames, [2, 1], "cpu", ious=[0.5, 0.25])
+    assert fig.axes[6].get_xlabel() == "mIoU 25.0%"
+
+
+def test_show_predictions_explains_wrong_inputs():
+    from segtut.viz import show_predictions
+
+    frames = _Frames()
+    with pytest.raises(ValueError, match="single model"):
+        show_predictions({"a": _LookupModel(), "b": _LookupModel()}, frames, [0], "cpu",
+                         ious=[0.5])
+    with pytest.raises(ValueError, match="one per index"):
+        show_predictions(_LookupModel(), frames, [0, 1], "cpu", ious=[0.5])
+    with pytest.raises(ValueError, match="no indices"):
+        show_predictions(_LookupModel(), frames, [], "cpu")
+    uint8 = torch.utils.data.TensorDataset(torch.zeros(1, 3, 4, 4, dtype=torch.uint8),
+                                           torch.zeros(1, 4, 4, dtype=torch.int64))
+    with pytest.raises(ValueError, match="EvalTransform"):
+        show_predictions(_LookupModel(), uint8, [0], "cpu")
+    # Without file names, rows are labelled by their index.
+    plain = torch.utils.data.TensorDataset(frames.pictures, frames.masks)
+    fig = show_predictions(_LookupModel(), plain, [1], "cpu")
+    assert fig.axes[0].get_ylabel() == "item 1"

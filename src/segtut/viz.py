@@ -48,6 +48,7 @@ from segtut.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "denormalize", "colorize", "overlay", "error_map", "legend_handles", "show_samples",
+    "show_predictions",
     "plot_history", "plot_iou_bars", "plot_confusion", "iou_table",
 ]
 
@@ -305,6 +306,130 @@ def show_samples(images, masks, predictions=None, class_names: Sequence[str] = C
     handles = legend_handles(class_names, palette, include_void=True)
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6),
                fontsize="small", frameon=False)
+    return fig
+
+
+def _prediction_of(model, image: torch.Tensor, size: tuple[int, int], device, amp: bool):
+    """Class ids ``(H, W)`` (on the CPU) predicted for one normalised image ``(3, h, w)``."""
+    from segtut.train import predict
+
+    logits = predict(model, image.unsqueeze(0).to(device), size=size, amp=amp)  # (1, C, H, W)
+    return logits.argmax(dim=1)[0].cpu()  # (H, W)
+
+
+def _iou_lookup(ious, indices: Sequence[int]):
+    """``ious`` (mapping or pandas Series keyed by dataset index, or one value per row) as a
+    function ``(row, index) -> float``."""
+    if isinstance(ious, Mapping) or (hasattr(ious, "index") and hasattr(ious, "loc")):
+        return lambda row, index: float(ious[index])
+    if len(ious) != len(indices):
+        raise ValueError(f"ious has {len(ious)} values for {len(indices)} indices; pass one per "
+                         "index, or a mapping {dataset index: mIoU} such as "
+                         "per_image_iou(...)['mean_iou'].")
+    return lambda row, index: float(ious[row])
+
+
+def show_predictions(model, dataset, indices: Sequence[int], device, *,
+                     class_names: Sequence[str] = CLASS_NAMES,
+                     palette: Sequence[Sequence[int]] = PALETTE, ignore_index: int = IGNORE_INDEX,
+                     title: Optional[str] = None, ious=None, show_errors: Optional[bool] = None,
+                     amp: bool = False, mean: Sequence[float] = IMAGENET_MEAN,
+                     std: Sequence[float] = IMAGENET_STD) -> Figure:
+    """Run a model on some items of a dataset and show image | ground truth | prediction | errors.
+
+    Each row is one item, labelled on the left with its file name (or ``item <index>``); under
+    each prediction is that image's mean IoU (:func:`segtut.evaluation.image_scores`: over the
+    classes in its mask or prediction, void pixels left out) and under each error map the share
+    of scored pixels that are wrong. One legend below gives the class colours, void, and the
+    error-map colours.
+
+    Args:
+        model: a model already on ``device``, or ``{name: model}`` to compare several models on
+            the same images (one prediction column each, titled with the name). Models are put in
+            eval mode.
+        dataset: items ``(image, mask)`` as the eval transform gives them: float normalised
+            ``(3, h, w)`` and int64 ``(H, W)``; the logits are upsampled to the mask's size.
+        indices: positions in ``dataset``, one row each (e.g. from
+            :func:`segtut.evaluation.pick_frames` or ``worst_images(...).index``).
+        device: where the images are sent.
+        class_names, palette, ignore_index: classes, their colours (void last) and void label.
+        title: figure title (e.g. the model and split).
+        ious: per-image mIoU (fractions) to print under the prediction instead of computing it,
+            keyed by dataset index (a mapping, or ``per_image_iou(...)["mean_iou"]``) or one
+            value per index; only with a single model.
+        show_errors: add an error-map column after each prediction (wrong pixels red, right ones
+            grey, void black). Default: with a single model only.
+        amp: mixed precision for the forward passes (CUDA).
+        mean, std: normalisation to undo for display.
+
+    Returns:
+        Figure with ``len(indices) x columns`` axes: ``columns = 2 + models`` (``2 + 2 * models``
+        with errors).
+    """
+    models = dict(model) if isinstance(model, Mapping) else {"prediction": model}
+    if not models:
+        raise ValueError("show_predictions needs a model or a non-empty {name: model} mapping.")
+    indices = [int(index) for index in indices]
+    if not indices:
+        raise ValueError("show_predictions got no indices; pick some, e.g. "
+                         "pick_frames(dataset, 4).")
+    if show_errors is None:
+        show_errors = len(models) == 1
+    if ious is not None and len(models) > 1:
+        raise ValueError("ious can only be given for a single model; with several, each "
+                         "prediction's mIoU is computed from it.")
+    lookup = None if ious is None else _iou_lookup(ious, indices)
+
+    from segtut.evaluation import file_names, image_scores
+
+    names = file_names(dataset)
+    headers = ["image", "ground truth"]
+    for name in models:
+        headers.append(name)
+        if show_errors:
+            headers.append("errors" if len(models) == 1 else f"{name} errors")
+    rows, columns = len(indices), len(headers)
+    fig = new_figure(figsize=(3.2 * columns, 2.5 * rows + 1.0), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False)  # (rows, columns)
+    for row, index in enumerate(indices):
+        image, mask = dataset[index]
+        if not (isinstance(image, torch.Tensor) and image.is_floating_point()):
+            raise ValueError(f"Item {index} has a {getattr(image, 'dtype', type(image))} image; "
+                             "show_predictions needs the model's input, a normalised float "
+                             "(3, h, w) tensor: give the dataset the eval transform "
+                             "(segtut.transforms.EvalTransform).")
+        mask = torch.as_tensor(mask).as_subclass(torch.Tensor).long()  # (H, W)
+        panels = [(_as_rgb(image, mean, std), None), (colorize(mask, palette, ignore_index), None)]
+        for name, each in models.items():
+            prediction = _prediction_of(each, image.as_subclass(torch.Tensor),
+                                        tuple(mask.shape[-2:]), device, amp)  # (H, W)
+            scores = image_scores(prediction, mask, num_classes=len(class_names),
+                                  ignore_index=ignore_index)
+            iou = lookup(row, index) if lookup is not None else scores["mean_iou"]
+            panels.append((colorize(prediction, palette, ignore_index), f"mIoU {iou:.1%}"))
+            if show_errors:
+                panels.append((error_map(mask, prediction, ignore_index),
+                               f"{1 - scores['pixel_accuracy']:.1%} wrong"))
+        for column, (ax, (panel, note)) in enumerate(zip(axes[row], panels)):
+            # Nearest-neighbour so that label colours are never blended into colours of no class.
+            ax.imshow(panel, interpolation="nearest" if column else None)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(headers[column])
+            if note is not None:
+                ax.set_xlabel(note, fontsize="small")
+        label = names[index] if names[index] is not None else f"item {index}"
+        axes[row, 0].set_ylabel(label, fontsize="small")
+    handles = legend_handles(class_names, palette, include_void=True)
+    if show_errors:
+        handles += [Patch(facecolor=np.asarray(colour) / 255.0, edgecolor="0.4", linewidth=0.5,
+                          label=text)
+                    for colour, text in ((RIGHT_COLOUR, "right"), (WRONG_COLOUR, "wrong"))]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 7),
+               fontsize="small", frameon=False)
+    if title:
+        fig.suptitle(title)
     return fig
 
 
