@@ -16,3 +16,12 @@ Nothing happens at import time: no seeding, no downloads, no device selection.
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # ``segtut.load_model`` without importing torch when ``segtut`` itself is imported.
+    if name == "load_model":
+        from segtut.saved_model import load_model
+
+        return load_model
+    raise AttributeError(f"module 'segtut' has no attribute {name!r}")
