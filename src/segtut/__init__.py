@@ -12,7 +12,9 @@ The data contract, stated once and used by every module and chapter:
 * metrics are computed from one confusion matrix accumulated over a whole split, at the label's
   native resolution (logits are upsampled to the label, labels are never downsampled).
 
-Nothing happens at import time: no seeding, no downloads, no device selection.
+Nothing happens at import time: no seeding, no downloads, no device selection, and not even
+torch is imported: ``segtut.load_model`` (:func:`segtut.saved_model.load_model`) is looked up
+when first used.
 """
 
 __version__ = "0.1.0"
