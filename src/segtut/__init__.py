@@ -12,7 +12,18 @@ The data contract, stated once and used by every module and chapter:
 * metrics are computed from one confusion matrix accumulated over a whole split, at the label's
   native resolution (logits are upsampled to the label, labels are never downsampled).
 
-Nothing happens at import time: no seeding, no downloads, no device selection.
+Nothing happens at import time: no seeding, no downloads, no device selection, and not even
+torch is imported: ``segtut.load_model`` (:func:`segtut.saved_model.load_model`) is looked up
+when first used.
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # ``segtut.load_model`` without importing torch when ``segtut`` itself is imported.
+    if name == "load_model":
+        from segtut.saved_model import load_model
+
+        return load_model
+    raise AttributeError(f"module 'segtut' has no attribute {name!r}")
