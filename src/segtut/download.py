@@ -282,8 +282,8 @@ def camvid_root(data_dir: str | Path | None = None, download: bool = True) -> Pa
     network is switched off (:func:`segtut.config.offline_reason`: ``SEGTUT_OFFLINE=1``, ...).
 
     Args:
-        data_dir: the data directory, the folder that HOLDS ``camvid/``; ``None`` uses
-            :func:`segtut.config.data_dir` (``$SEGTUT_DATA_DIR`` or the per-user cache).
+        data_dir: the data directory, the folder that HOLDS ``camvid/``; ``None`` (or ``""``)
+            uses :func:`segtut.config.data_dir` (``$SEGTUT_DATA_DIR`` or the per-user cache).
         download: allow a download when the dataset is missing.
 
     Returns:
@@ -297,7 +297,8 @@ def camvid_root(data_dir: str | Path | None = None, download: bool = True) -> Pa
         DataError: ``data_dir`` is a file, is itself a CamVid folder (says which folder to
             pass instead), or ``<data_dir>/camvid`` is incomplete (says what is missing).
     """
-    base = Path(data_dir).expanduser() if data_dir is not None else config.data_dir()
+    # "" too means the default: notebooks pass os.environ.get("SEGTUT_DATA_DIR") straight on.
+    base = Path(data_dir).expanduser() if data_dir not in (None, "") else config.data_dir()
     target = base / CAMVID_FOLDER
     if base.exists() and not base.is_dir():
         raise DataError(f"The data directory {base} is a file, not a folder. Set {DATA_DIR_ENV} "

@@ -28,6 +28,7 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch.utils.data import Dataset
 
+from segtut import config
 from segtut.data import SPLITS, CamVid, CamVidNotFound, list_images
 from segtut.download import camvid_root
 
@@ -107,7 +108,7 @@ def camvid_for_profile(profile: str, data_dir: str | Path | None = None, *,
                          "(resolve 'auto' with resolve_profile first).")
     try:
         root = camvid_root(data_dir, download=profile != "smoke")
-    except CamVidNotFound as error:
+    except CamVidNotFound:
         if profile != "smoke":
             raise
         from segtut.synthetic import write_synthetic_camvid
@@ -116,8 +117,10 @@ def camvid_for_profile(profile: str, data_dir: str | Path | None = None, *,
         train = train_images or SYNTHETIC_TRAIN_IMAGES
         evaluation = eval_images or SYNTHETIC_EVAL_IMAGES
         root = write_synthetic_camvid(scratch, train, evaluation, SYNTHETIC_SIZE)
+        where = Path(data_dir).expanduser() if data_dir not in (None, "") else config.data_dir()
         log("=" * 78)
-        log(f"{SYNTHETIC_BANNER}: {str(error).splitlines()[0]}")
+        log(f"{SYNTHETIC_BANNER}: CamVid is not in {where / 'camvid'}, and the smoke profile "
+            "never downloads it.")
         log(f"The smoke profile continues on SYNTHETIC scenes written to {root}: these numbers "
             "mean nothing.")
         log("For real CamVid, set SEGTUT_DATA_DIR to the folder that holds camvid/.")
