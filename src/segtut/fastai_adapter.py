@@ -27,7 +27,7 @@ import socket
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
