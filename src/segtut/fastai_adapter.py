@@ -24,11 +24,10 @@ from __future__ import annotations
 import os
 import random
 import socket
-import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -39,12 +38,13 @@ from fastai.vision.all import (Callback, CrossEntropyLossFlat, DataBlock, DataLo
                                FuncSplitter, ImageBlock, Learner, LRFinder, MaskBlock, Metric,
                                Normalize, RandomCrop, Recorder, Resize, ResizeMethod,
                                aug_transforms, unet_learner)
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from segtut.data import (CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE, VOID_NAME, CamVid,
                          list_images, read_mask)
 from segtut.metrics import ConfusionMatrix
+from segtut.profiles import DataFolder, camvid_for_profile
+from segtut.synthetic import write_synthetic_camvid
 from segtut.train import evaluate, logits_of
 from segtut.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
 
@@ -65,40 +65,8 @@ OFFLINE_ENVS = ("SEGTUT_OFFLINE", "HF_HUB_OFFLINE")
 
 # ----------------------------------------------------------------------------------------- data
 
-class DataFolder(NamedTuple):
-    """A CamVid folder in the SegNet layout and a description of it for the run card."""
-
-    root: Path
-    source: str
-    synthetic: bool
-
-
-def write_synthetic_camvid(folder: str | Path, train_images: int = 8, eval_images: int = 4,
-                           size: tuple[int, int] = (96, 128)) -> Path:
-    """Write SYNTHETIC street scenes (:class:`segtut.synthetic.SyntheticScenes`) as PNG files in
-    CamVid's SegNet layout (``train/``, ``trainannot/``, ``val/``, ...), for offline smoke runs.
-
-    The scenes are NOT CamVid: numbers measured on them mean nothing.
-
-    Returns:
-        ``folder``, holding ``train_images`` training and ``eval_images`` val and test pairs.
-    """
-    from segtut.synthetic import SyntheticDataWarning, SyntheticScenes
-
-    folder = Path(folder)
-    counts = {"train": train_images, "val": eval_images, "test": eval_images}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SyntheticDataWarning)  # the caller announces it
-        for seed, (split, count) in enumerate(counts.items(), start=1):
-            scenes = SyntheticScenes(count, size, seed=seed)
-            (folder / split).mkdir(parents=True, exist_ok=True)
-            (folder / f"{split}annot").mkdir(parents=True, exist_ok=True)
-            for index in range(count):
-                image, mask = scenes.load(index)  # (3, H, W) uint8, (H, W) int64
-                name = f"synthetic_{index:04d}.png"
-                Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / split / name)
-                Image.fromarray(mask.numpy().astype(np.uint8)).save(folder / f"{split}annot" / name)
-    return folder
+# DataFolder, camvid_folder's result, and write_synthetic_camvid live in segtut.profiles and
+# segtut.synthetic (imported above), so the smoke fallback is one function for every chapter.
 
 
 def camvid_folder(profile: str, data_dir: str | Path | None = None, *,
@@ -107,36 +75,22 @@ def camvid_folder(profile: str, data_dir: str | Path | None = None, *,
                   log: Callable[[str], None] = print) -> DataFolder:
     """The CamVid folder a fastai chapter reads, found (or downloaded) as every chapter does.
 
-    The ``cpu`` and ``gpu`` profiles need real CamVid (:func:`segtut.download.camvid_root`). The
-    ``smoke`` profile falls back to SYNTHETIC scenes written to ``scratch`` (a new temporary
-    folder by default) when CamVid is not on disk, and says so loudly, like
-    :func:`segtut.profiles.load_camvid_splits`.
+    Exactly :func:`segtut.profiles.camvid_for_profile`: real CamVid in the ``cpu`` and ``gpu``
+    profiles (downloaded when missing); in the ``smoke`` profile real CamVid when it is on
+    disk, else SYNTHETIC scenes written to ``scratch``, with the same loud banner as the
+    plain-PyTorch chapters.
 
     Args:
-        data_dir: the data directory holding ``camvid/`` (None: segtut's default).
-        train_images, eval_images: the profile's limits, only used to describe the data.
-    """
-    from segtut.download import camvid_root
+        data_dir: the data directory, the folder that HOLDS ``camvid/`` (None: segtut's
+            default, ``$SEGTUT_DATA_DIR`` or the per-user cache).
+        train_images, eval_images: the profile's limits (describe real data; size the
+            SYNTHETIC fallback).
 
-    try:
-        root = camvid_root(data_dir)
-    except Exception as error:  # noqa: BLE001 - smoke runs must work offline, others must not
-        if profile != "smoke":
-            raise
-        scratch = Path(scratch) if scratch else Path(tempfile.mkdtemp(prefix="segtut_synthetic_"))
-        root = write_synthetic_camvid(scratch, train_images or 8, eval_images or 4)
-        log("=" * 78)
-        log(f"SYNTHETIC DATA: CamVid not found ({error}).")
-        log(f"The smoke profile continues on SYNTHETIC scenes written to {root}: these numbers "
-            "mean nothing.")
-        log("=" * 78)
-        return DataFolder(root, "SYNTHETIC scenes (offline fallback, NOT CamVid)", True)
-    counts = {split: len(camvid_files(root, split, limit))
-              for split, limit in (("train", train_images), ("val", eval_images),
-                                   ("test", eval_images))}
-    source = (f"real CamVid from {root} (train {counts['train']}, val {counts['val']}, "
-              f"test {counts['test']} images)")
-    return DataFolder(root, source, False)
+    Returns:
+        ``DataFolder(root, source, synthetic)``; ``root`` is the camvid folder.
+    """
+    return camvid_for_profile(profile, data_dir, train_images=train_images,
+                              eval_images=eval_images, scratch=scratch, log=log)
 
 
 def mask_path(image_path: str | Path) -> Path:

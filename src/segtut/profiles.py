@@ -1,14 +1,17 @@
 """Run profiles: one notebook, three sizes of run.
 
 * ``smoke``: seconds. A handful of small images and a few steps; the test suite runs every
-  notebook this way. Uses real CamVid when the data directory has it, else SYNTHETIC scenes
-  (and says so loudly).
+  notebook this way. Uses real CamVid when the data directory has it (never downloads), else
+  SYNTHETIC scenes in CamVid's layout, and says so loudly (:func:`camvid_for_profile`).
 * ``cpu``: the default without a GPU. Reduced resolution and about 10 minutes of training on
   2 cores; the book's stored outputs are made this way unless a chapter says otherwise.
 * ``gpu``: full 360x480 resolution and a paper-like schedule.
 
 Each notebook's first code cell holds the knobs of every profile in one dict, so a reader sees
-them all; this module resolves the profile name, loads the splits and prints the run card.
+them all; this module resolves the profile name, finds the data (:func:`camvid_for_profile`,
+the one place that decides between real CamVid and the SYNTHETIC fallback, for the plain-PyTorch
+chapters through :func:`load_camvid_splits` and the fastai chapters through
+:func:`segtut.fastai_adapter.camvid_folder`) and prints the run card.
 """
 
 from __future__ import annotations
@@ -16,12 +19,18 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch.utils.data import Dataset
+
+from segtut import config
+from segtut.data import SPLITS, CamVid, CamVidNotFound, list_images
+from segtut.download import camvid_root
 
 PROFILE_ENV = "SEGTUT_PROFILE"
 PROFILES = ("smoke", "cpu", "gpu")
@@ -39,6 +48,95 @@ def resolve_profile(name: Optional[str] = None) -> str:
         raise ValueError(f"Unknown profile {name!r} (from {PROFILE_ENV} or the parameters cell). "
                          f"Valid choices: {', '.join(PROFILES)} or auto.")
     return name
+
+
+class DataFolder(NamedTuple):
+    """A CamVid folder in the SegNet layout and a description of it for the run card.
+
+    ``root`` is the camvid folder itself: pass it to :class:`segtut.data.CamVid`.
+    """
+
+    root: Path
+    source: str
+    synthetic: bool
+
+
+#: ``(H, W)`` of the smoke profile's SYNTHETIC scenes: CamVid's 3:4 shape (360x480), small.
+SYNTHETIC_SIZE = (96, 128)
+#: Pairs written for the SYNTHETIC fallback when the profile sets no limit.
+SYNTHETIC_TRAIN_IMAGES, SYNTHETIC_EVAL_IMAGES = 8, 4
+SYNTHETIC_BANNER = "SYNTHETIC DATA"
+
+
+def camvid_for_profile(profile: str, data_dir: str | Path | None = None, *,
+                       train_images: Optional[int] = None, eval_images: Optional[int] = None,
+                       scratch: str | Path | None = None,
+                       log: Callable[[str], None] = print) -> DataFolder:
+    """The CamVid folder a chapter reads in this profile: real CamVid, or the smoke fallback.
+
+    * ``cpu`` and ``gpu``: real CamVid in ``<data_dir>/camvid``, downloaded when missing
+      (:func:`segtut.download.camvid_root`); an offline machine gets an error saying how to
+      provide it.
+    * ``smoke``: real CamVid when it is on disk (never downloaded: smoke runs take seconds and
+      need no network). When it is missing, SYNTHETIC street scenes are written in CamVid's
+      layout to ``scratch`` (a new temporary folder by default) and a loud banner says so. Any
+      other data problem (an incomplete folder, a data directory that is a file or a camvid
+      folder) is an error in every profile: falling back would hide it.
+
+    Every chapter gets its data through this function, so the fallback and its banner are the
+    same everywhere: ``CamVid(camvid_for_profile(PROFILE, DATA_DIR).root, "train")``.
+
+    Args:
+        profile: ``"smoke"``, ``"cpu"`` or ``"gpu"`` (see :func:`resolve_profile`).
+        data_dir: the data directory, the folder that HOLDS ``camvid/`` (None:
+            :func:`segtut.config.data_dir`, i.e. ``$SEGTUT_DATA_DIR`` or the per-user cache).
+        train_images, eval_images: the profile's limits: used to describe real data, and as
+            the number of SYNTHETIC pairs (default 8 training, 4 val and 4 test).
+        scratch: where to write the SYNTHETIC scenes (None: a new temporary folder).
+        log: where the banner goes (``print`` in notebooks).
+
+    Returns:
+        :class:`DataFolder` ``(root, source, synthetic)``: ``root`` is the camvid folder, for
+        :class:`segtut.data.CamVid`; ``source`` describes it for the run card.
+
+    Raises:
+        segtut.data.DataError: real CamVid is needed (cpu, gpu) and cannot be found or
+            downloaded, or the data directory is wrong (every profile).
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"Unknown profile {profile!r}; choose one of {', '.join(PROFILES)} "
+                         "(resolve 'auto' with resolve_profile first).")
+    try:
+        root = camvid_root(data_dir, download=profile != "smoke")
+    except CamVidNotFound:
+        if profile != "smoke":
+            raise
+        from segtut.synthetic import write_synthetic_camvid
+
+        scratch = Path(scratch) if scratch else Path(tempfile.mkdtemp(prefix="segtut_synthetic_"))
+        train = train_images or SYNTHETIC_TRAIN_IMAGES
+        evaluation = eval_images or SYNTHETIC_EVAL_IMAGES
+        root = write_synthetic_camvid(scratch, train, evaluation, SYNTHETIC_SIZE)
+        where = Path(data_dir).expanduser() if data_dir not in (None, "") else config.data_dir()
+        log("=" * 78)
+        log(f"{SYNTHETIC_BANNER}: CamVid is not in {where / 'camvid'}, and the smoke profile "
+            "never downloads it.")
+        log(f"The smoke profile continues on SYNTHETIC scenes written to {root}: these numbers "
+            "mean nothing.")
+        log("For real CamVid, set SEGTUT_DATA_DIR to the folder that holds camvid/.")
+        log("=" * 78)
+        source = (f"SYNTHETIC scenes (offline fallback, NOT CamVid: train {train}, val "
+                  f"{evaluation}, test {evaluation} images, {SYNTHETIC_SIZE[0]}x"
+                  f"{SYNTHETIC_SIZE[1]})")
+        return DataFolder(root, source, True)
+    counts = {}
+    for split in SPLITS:
+        limit = train_images if split == "train" else eval_images
+        found = len(list_images(root / split))
+        counts[split] = found if limit is None else min(limit, found)
+    source = (f"real CamVid from {root} (train {counts['train']}, val {counts['val']}, "
+              f"test {counts['test']} images)")
+    return DataFolder(root, source, False)
 
 
 @dataclass
@@ -60,43 +158,35 @@ def _limited(dataset: Dataset, limit: Optional[int]) -> Dataset:
 
 def load_camvid_splits(profile: str, train_transform: Callable, eval_transform: Callable, *,
                        train_images: Optional[int] = None, eval_images: Optional[int] = None,
-                       data_root=None, cache: bool = True, log: Callable[[str], None] = print) -> Splits:
+                       data_dir: str | Path | None = None, cache: bool = True,
+                       scratch: str | Path | None = None,
+                       log: Callable[[str], None] = print, data_root=None) -> Splits:
     """CamVid train / val / test with the profile's limits.
 
-    The ``cpu`` and ``gpu`` profiles need real CamVid: it is downloaded when missing, and an
-    offline machine gets an error saying how to provide it. The ``smoke`` profile falls back to
-    SYNTHETIC scenes when CamVid is not on disk, and announces it.
+    The data comes from :func:`camvid_for_profile`: real CamVid (downloaded when missing) in
+    the ``cpu`` and ``gpu`` profiles; in the ``smoke`` profile real CamVid when it is on disk,
+    else SYNTHETIC scenes, announced by a banner.
 
     Args:
         train_transform / eval_transform: joint transforms (see :mod:`segtut.transforms`).
         train_images / eval_images: keep only the first N images of each split (None: all).
-        data_root: the ``camvid`` folder, or None for ``$SEGTUT_DATA_DIR/camvid`` (or the cache).
+        data_dir: the data directory, the folder that HOLDS ``camvid/`` (None:
+            ``$SEGTUT_DATA_DIR``, else the per-user cache).
         cache: keep decoded images in memory (CamVid is small: about 250 MB for train).
+        scratch: where the smoke fallback writes its SYNTHETIC scenes (None: a temporary folder).
+        data_root: removed (it meant the camvid folder); passing it is an error saying what
+            to pass instead.
     """
-    from segtut.data import CamVid
-    from segtut.download import camvid_root, data_dir
-    from segtut.synthetic import SyntheticScenes
-
-    try:
-        root = camvid_root(data_root, download=profile != "smoke")
-    except Exception as error:  # noqa: BLE001 - smoke runs must work offline, others must not
-        if profile != "smoke":
-            raise
-        size = (96, 128)
-        log("=" * 78)
-        log(f"SYNTHETIC DATA: CamVid not found under {data_root or data_dir()} ({error}).")
-        log("The smoke profile continues on SYNTHETIC scenes: these numbers mean nothing.")
-        log("=" * 78)
-        return Splits(SyntheticScenes(train_images or 8, size, seed=1, transform=train_transform),
-                      SyntheticScenes(eval_images or 4, size, seed=2, transform=eval_transform),
-                      SyntheticScenes(eval_images or 4, size, seed=3, transform=eval_transform),
-                      source="SYNTHETIC scenes (offline fallback, NOT CamVid)", synthetic=True)
-    train = _limited(CamVid(root, "train", train_transform, cache=cache), train_images)
-    val = _limited(CamVid(root, "val", eval_transform, cache=cache), eval_images)
-    test = _limited(CamVid(root, "test", eval_transform, cache=cache), eval_images)
-    source = (f"real CamVid from {root} (train {len(train)}, val {len(val)}, "
-              f"test {len(test)} images)")
-    return Splits(train, val, test, source=source, synthetic=False)
+    if data_root is not None:
+        raise TypeError(f"load_camvid_splits(data_root=...) is gone: pass data_dir, the folder "
+                        f"that holds camvid/ (for data_root={str(data_root)!r} that is "
+                        f"{str(Path(data_root).parent)!r}).")
+    data = camvid_for_profile(profile, data_dir, train_images=train_images,
+                              eval_images=eval_images, scratch=scratch, log=log)
+    train = _limited(CamVid(data.root, "train", train_transform, cache=cache), train_images)
+    val = _limited(CamVid(data.root, "val", eval_transform, cache=cache), eval_images)
+    test = _limited(CamVid(data.root, "test", eval_transform, cache=cache), eval_images)
+    return Splits(train, val, test, source=data.source, synthetic=data.synthetic)
 
 
 def library_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:

@@ -5,19 +5,27 @@ poles, trees, ...) labelled with the CamVid class ids, so every chapter can run 
 data. It is not CamVid and numbers measured on it say nothing about real segmentation quality, so
 it announces itself: a :class:`SyntheticDataWarning` when built, ``is_synthetic = True``, a
 ``repr`` that says so, and :func:`describe_source` for run cards.
+
+:func:`write_synthetic_camvid` writes such scenes as PNG files in CamVid's SegNet layout, with a
+marker file (:data:`segtut.data.SYNTHETIC_MARKER`) that makes :class:`segtut.data.CamVid` report
+``is_synthetic = True`` for them: the smoke profile's offline fallback
+(:func:`segtut.profiles.camvid_for_profile`) is such a folder.
 """
 
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset
+from PIL import Image
 from torchvision import tv_tensors
 
-from segtut.data import IGNORE_INDEX, NUM_CLASSES, PALETTE, CamVid, SegmentationFolder
+from segtut.data import (IGNORE_INDEX, NUM_CLASSES, PALETTE, SYNTHETIC_MARKER, CamVid,
+                         SegmentationFolder)
 
 SKY, BUILDING, POLE, ROAD, PAVEMENT, TREE, SIGN, FENCE, CAR, PEDESTRIAN, BICYCLIST = range(11)
 #: Classes drawn as objects; a thin void border is left around them, as in CamVid.
@@ -185,6 +193,43 @@ class SyntheticScenes(Dataset):
         if self.transform is not None:
             return self.transform(image, mask)
         return image, mask
+
+
+def write_synthetic_camvid(folder: str | Path, train_images: int = 8, eval_images: int = 4,
+                           size: tuple[int, int] = (96, 128)) -> Path:
+    """Write SYNTHETIC street scenes (:class:`SyntheticScenes`) as PNG files in CamVid's SegNet
+    layout (``train/``, ``trainannot/``, ``val/``, ...), for offline smoke runs.
+
+    The scenes are NOT CamVid: numbers measured on them mean nothing. The folder gets a
+    :data:`segtut.data.SYNTHETIC_MARKER` file saying so, and :class:`segtut.data.CamVid` reads
+    it as ``is_synthetic = True`` (and :func:`describe_source` calls it SYNTHETIC).
+
+    Args:
+        folder: where to write (created if needed).
+        train_images: training pairs; ``eval_images``: val pairs and test pairs each.
+        size: ``(H, W)`` of every scene; the default keeps CamVid's 3:4 shape (360x480) small.
+
+    Returns:
+        ``folder``, to pass to :class:`segtut.data.CamVid` as ``root``.
+    """
+    folder = Path(folder)
+    counts = {"train": train_images, "val": eval_images, "test": eval_images}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SYNTHETIC_MARKER).write_text(
+        "SYNTHETIC street scenes drawn by segtut.synthetic for offline smoke runs. NOT CamVid: "
+        "numbers measured on them mean nothing.\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntheticDataWarning)  # the caller announces it
+        for seed, (split, count) in enumerate(counts.items(), start=1):
+            scenes = SyntheticScenes(count, size, seed=seed)
+            (folder / split).mkdir(parents=True, exist_ok=True)
+            (folder / f"{split}annot").mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                image, mask = scenes.load(index)  # (3, H, W) uint8, (H, W) int64
+                name = f"synthetic_{index:04d}.png"
+                Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / split / name)
+                Image.fromarray(mask.numpy().astype(np.uint8)).save(folder / f"{split}annot" / name)
+    return folder
 
 
 def describe_source(dataset: Dataset) -> str:
