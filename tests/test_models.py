@@ -59,6 +59,15 @@ def test_every_model_has_one_signature(name, in_channels, one_thread):
     assert stems[0].in_channels == in_channels
 
 
+def test_every_builder_declares_pretrained_and_in_channels():
+    import inspect
+
+    for name, builder in MODELS.items():
+        parameters = inspect.signature(builder).parameters
+        assert {"pretrained", "in_channels"} <= set(parameters), name
+        assert parameters["pretrained"].default is (name not in FROM_SCRATCH), name
+
+
 @pytest.mark.parametrize("name", FROM_SCRATCH)
 def test_from_scratch_models_refuse_pretrained_weights(name):
     with pytest.raises(ValueError, match=f"no pretrained weights for '{name}'"):

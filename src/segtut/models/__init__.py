@@ -17,7 +17,6 @@ nn.Module``, and its model maps images ``(N, in_channels, H, W)`` to logits
 
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 from torch import nn
@@ -32,7 +31,6 @@ from segtut.models.unet import UNet
 def _from_scratch(name: str, builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     """``builder`` with the registry's signature: ``pretrained=False`` accepted, True refused."""
 
-    @functools.wraps(builder)
     def build(num_classes: int, *, pretrained: bool = False, in_channels: int = 3,
               **options) -> nn.Module:
         if pretrained:
@@ -43,6 +41,11 @@ def _from_scratch(name: str, builder: Callable[..., nn.Module]) -> Callable[...,
         model.weights_source = "random initialisation (trained from scratch)"
         return model
 
+    # Not functools.wraps: its __wrapped__ would make inspect.signature show the builder's own
+    # signature, without ``pretrained``.
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = (f"Build ``{name}`` from scratch (``pretrained=True`` raises ValueError); "
+                     f"options go to :func:`{builder.__module__}.{builder.__qualname__}`.")
     return build
 
 
@@ -68,7 +71,11 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 
 def build_model(name: str, num_classes: int, **options) -> nn.Module:
-    """Build a registered model by name, e.g. ``build_model("unet", 11, base_channels=32)``."""
+    """Build a registered model by name, e.g. ``build_model("unet", 11, base_channels=32)``.
+
+    ``options`` may always include ``pretrained`` and ``in_channels`` (see the module's
+    docstring), and the model's own options.
+    """
     if name not in MODELS:
         raise ValueError(f"Unknown model {name!r}. Valid choices: {', '.join(sorted(MODELS))}.")
     return MODELS[name](num_classes=num_classes, **options)
