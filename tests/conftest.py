@@ -41,11 +41,11 @@ def no_network(monkeypatch, tmp_path):
     """
     import huggingface_hub
 
-    from segtut.models import library
+    from segtut import weights
 
-    monkeypatch.delenv("SEGTUT_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv(library.WEIGHTS_DIR_ENV, raising=False)
+    for name in weights.OFFLINE_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv(weights.WEIGHTS_DIR_ENV, raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
 
     def hf_download(*args, local_files_only=False, **kwargs):
@@ -58,5 +58,5 @@ def no_network(monkeypatch, tmp_path):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_download)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", torch_download)
-    monkeypatch.setattr(library, "_unreachable", lambda host, timeout=0: f"cannot reach {host} (test)")
+    monkeypatch.setattr(weights, "unreachable", lambda host, timeout=0: f"cannot reach {host} (test)")
     return tmp_path

@@ -131,6 +131,19 @@ def test_offline_without_cache_falls_back_to_random_weights(tiny_camvid, offline
     assert not learn.pretrained
 
 
+@pytest.mark.parametrize("value", ["true", "yes", "on"])
+def test_every_offline_value_of_segtut_config_is_honoured(value, offline, monkeypatch):
+    # fastai's check used to accept only "1": SEGTUT_OFFLINE=true went to the network.
+    monkeypatch.setenv("SEGTUT_OFFLINE", value)
+
+    def download(*args, **kwargs):
+        pytest.fail("tried to download although SEGTUT_OFFLINE is on")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", download)
+    available, reason = fastai_pretrained_available("resnet18", timeout_s=0.5)
+    assert not available and f"SEGTUT_OFFLINE={value}" in reason
+
+
 def test_weights_in_torch_cache_are_used_offline(tiny_camvid, offline):
     import torchvision
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from segtut.losses import build_loss
 from segtut.models import build_model
-from segtut.models import library
+from segtut import weights
 from segtut.models.library import AuxLoss, PadToMultiple, TorchvisionSegmentation
 
 LIBRARY_MODELS = {
@@ -77,7 +77,7 @@ def test_smp_encoder_weights_load_from_the_weights_dir(no_network, monkeypatch):
     state = smp.encoders.get_encoder("resnet18", weights=None).state_dict()
     state = {key: value.clone().contiguous() for key, value in state.items()}
     save_file(state, str(no_network / "resnet18.imagenet.safetensors"))
-    monkeypatch.setenv(library.WEIGHTS_DIR_ENV, str(no_network))
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(no_network))
     monkeypatch.setenv("SEGTUT_OFFLINE", "1")
     model = build("smp_unet", pretrained=True)
     assert model.weights_source.startswith("ImageNet (resnet18 encoder), from ")
@@ -94,7 +94,7 @@ def test_torchvision_backbone_weights_load_from_disk(place, no_network, monkeypa
     filename = "mobilenet_v3_large-8738ca79.pth"
     if place == "weights dir":
         folder = no_network / "weights"
-        monkeypatch.setenv(library.WEIGHTS_DIR_ENV, str(folder))
+        monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(folder))
     else:
         folder = no_network / "torch-home" / "hub" / "checkpoints"
     folder.mkdir(parents=True)

@@ -247,3 +247,27 @@ def test_build_loss_unknown_name_lists_the_valid_names():
     for name in ["ce", "dice", "focal", "ce+dice"]:
         assert repr(name)[1:-1] in str(error.value)
     assert "lovasz" in str(error.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Wrong class weights and all-ignored batches: the same answer from every loss
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("length", [1, 4, 6])
+def test_class_weights_of_the_wrong_length_are_refused(name, length):
+    # focal and Dice used to accept them (indexing a longer alpha, broadcasting one weight).
+    logits, targets = random_batch(0, num_classes=5, ignore_index=IGNORE_INDEX)
+    loss_fn = build_loss(name, ignore_index=IGNORE_INDEX, class_weights=[1.0] * length)
+    with pytest.raises(ValueError, match=f"expected 5 weights.*got {length}"):
+        loss_fn(logits, targets)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_a_batch_with_every_pixel_ignored_gives_a_connected_zero(name):
+    logits = torch.randn(2, 3, 4, 5, requires_grad=True)
+    targets = torch.full((2, 4, 5), 7)
+    loss = build_loss(name, ignore_index=7, class_weights=[1.0, 2.0, 3.0])(logits, targets)
+    assert loss.ndim == 0 and loss.item() == 0.0  # cross-entropy used to give NaN
+    loss.backward()
+    assert logits.grad is not None and torch.equal(logits.grad, torch.zeros_like(logits))

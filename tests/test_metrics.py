@@ -247,3 +247,14 @@ def test_matrix_follows_the_device_of_the_inputs_or_the_given_device():
         lazy.update(PREDICTIONS.cuda(), TARGETS.cuda())
         assert lazy.matrix.device.type == "cuda"
         assert torch.equal(lazy.matrix.cpu(), EXPECTED_MATRIX)
+
+
+def test_ignored_pixels_are_counted_beside_the_matrix():
+    for ignore_index in (3, 255):  # the fast path (ignore = C) and the general one
+        metric = ConfusionMatrix(3, ignore_index=ignore_index)
+        targets = torch.tensor([[[0, 1, ignore_index], [ignore_index, ignore_index, 2]]])
+        metric.update(torch.zeros(1, 2, 3, dtype=torch.long), targets)
+        metric.update(torch.zeros(1, 2, 3, dtype=torch.long), targets)
+        assert int(metric.ignored) == 6 and int(metric.matrix.sum()) == 6
+        metric.reset()
+        assert int(metric.ignored) == 0

@@ -39,6 +39,58 @@ def test_forward_shape_at_odd_size_and_backward(name):
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
+FROM_SCRATCH = ("unet", "fcn8s", "fcn8s_separable", "fc_densenet56", "fc_densenet67",
+                "fc_densenet103")
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_has_one_signature(name, in_channels, one_thread):
+    """pretrained=False and in_channels are accepted (and honoured) by every registered model."""
+    torch.manual_seed(0)
+    options = {key: value for key, value in SMALL.get(name, {}).items() if key != "pretrained"}
+    model = build_model(name, num_classes=4, pretrained=False, in_channels=in_channels, **options)
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.randn(1, in_channels, 37, 45))
+    assert logits.shape == (1, 4, 37, 45)
+    assert model.weights_source.startswith("random initialisation")
+    stems = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert stems[0].in_channels == in_channels
+
+
+def test_every_builder_declares_pretrained_and_in_channels():
+    import inspect
+
+    for name, builder in MODELS.items():
+        parameters = inspect.signature(builder).parameters
+        assert {"pretrained", "in_channels"} <= set(parameters), name
+        assert parameters["pretrained"].default is (name not in FROM_SCRATCH), name
+
+
+@pytest.mark.parametrize("name", FROM_SCRATCH)
+def test_from_scratch_models_refuse_pretrained_weights(name):
+    with pytest.raises(ValueError, match=f"no pretrained weights for '{name}'"):
+        build_model(name, num_classes=4, pretrained=True)
+
+
+def test_pretrained_stem_is_adapted_not_rebuilt(no_network, monkeypatch):
+    """A 1-channel model keeps the ImageNet stem, summed over R, G and B."""
+    import torchvision
+
+    torch.manual_seed(4)
+    state = torchvision.models.mobilenet_v3_large().state_dict()
+    folder = no_network / "weights"
+    folder.mkdir()
+    torch.save(state, folder / "mobilenet_v3_large-8738ca79.pth")
+    monkeypatch.setenv("SEGTUT_WEIGHTS_DIR", str(folder))
+    model = build_model("deeplabv3", num_classes=4, in_channels=1, aux_loss=False)
+    stem = model.model.backbone["0"][0]
+    assert stem.in_channels == 1
+    assert torch.allclose(stem.weight, state["features.0.0.weight"].sum(1, keepdim=True))
+    assert "adapted from 3 to 1 input channels" in model.weights_source
+
+
 def test_unknown_model_lists_the_valid_choices():
     with pytest.raises(ValueError) as error:
         build_model("unte", num_classes=11)

@@ -1,13 +1,17 @@
 """The training loop: it can learn, it evaluates at native size, and it resumes exactly."""
 
+import math
+import warnings
+
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from segtut.losses import build_loss
 from segtut.models import build_model
-from segtut.train import (evaluate, fit, load_checkpoint, one_cycle_schedule, poly_schedule,
-                          predict, save_checkpoint, train_one_epoch)
+from segtut.train import (CheckpointError, LabelWarning, evaluate, fit, load_checkpoint,
+                          one_cycle_schedule, poly_schedule, predict, save_checkpoint,
+                          train_one_epoch)
 
 IGNORE = 3
 CPU = torch.device("cpu")
@@ -50,7 +54,8 @@ def test_evaluate_upsamples_logits_to_the_label_size():
     logits = predict(model, images, size=(32, 32))
     assert logits.shape == (2, 3, 32, 32)
     loader = DataLoader(TensorDataset(images, masks), batch_size=2)
-    result = evaluate(model, loader, CPU, num_classes=3, ignore_index=IGNORE, progress=False)
+    with pytest.warns(LabelWarning, match="class 1, class 2"):  # the masks are all class 0
+        result = evaluate(model, loader, CPU, num_classes=3, ignore_index=IGNORE, progress=False)
     assert sum(map(sum, result["confusion"])) == 2 * 32 * 32  # counted at 32x32, not 16x16
 
 
@@ -139,3 +144,117 @@ def test_diverging_loss_raises():
         for _ in range(5):
             train_one_epoch(model, loader, build_loss("ce", ignore_index=IGNORE), optimizer, CPU,
                             progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loud rather than silent: void batches, suspicious labels, unusable checkpoints
+# ---------------------------------------------------------------------------------------------
+
+def test_an_all_void_batch_is_skipped_with_one_warning_not_a_divergence():
+    torch.manual_seed(0)
+    data = toy_data(4)
+    images, masks = data.tensors
+    masks = masks.clone()
+    masks[:2] = IGNORE  # the first batch of two images is all void
+    loader = DataLoader(TensorDataset(images, masks), batch_size=2)
+    model = small_unet()
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(LabelWarning, match="1 training batch.*ignore label 3"):
+        result = train_one_epoch(model, loader, build_loss("ce", ignore_index=IGNORE), optimizer,
+                                 CPU, progress=False, max_steps=1)
+    assert result["skipped_batches"] == 1 and result["steps"] == 1
+    assert math.isfinite(result["loss"]) and result["loss"] > 0  # the labelled batch's loss
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_fit_warns_once_about_void_batches_and_missing_classes(tmp_path):
+    torch.manual_seed(0)
+    images, masks = toy_data(4).tensors
+    masks = masks.clone()
+    masks[:1] = IGNORE
+    train_loader = DataLoader(TensorDataset(images, masks), batch_size=1)
+    val_masks = masks.clone()
+    val_masks[val_masks == 2] = IGNORE  # class 2 never occurs in the validation targets
+    val_loader = DataLoader(TensorDataset(images, val_masks), batch_size=4)
+    model = small_unet()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(model, train_loader, val_loader, loss_fn=build_loss("ce", ignore_index=IGNORE),
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.01), epochs=2, device=CPU,
+            seed=0, num_classes=3, ignore_index=IGNORE, progress=False, log=None,
+            class_names=["road", "car", "tree"], max_steps_per_epoch=1)
+    messages = [str(w.message) for w in caught if issubclass(w.category, LabelWarning)]
+    assert len([m for m in messages if "skipped" in m]) == 1  # once per fit, not per epoch
+    absent = [m for m in messages if "never occur" in m]
+    assert len(absent) == 1 and "'tree' (2)" in absent[0]
+
+
+def test_a_binary_mask_mapped_to_void_is_reported_not_scored_perfect():
+    # 0/255 masks with 255 mapped to the ignore label: only background is left, and a model
+    # predicting background everywhere scored mean IoU 1.0 with IoU [1.0, nan] in silence.
+    masks = torch.full((2, 8, 8), IGNORE)
+    masks[:, :2] = 0  # a quarter background, the rest (the former foreground) void
+    images = torch.zeros(2, 3, 8, 8)
+
+    class Background(torch.nn.Module):
+        def forward(self, x):
+            logits = torch.zeros(x.shape[0], 2, *x.shape[-2:])
+            logits[:, 0] = 1.0
+            return logits
+
+    loader = DataLoader(TensorDataset(images, masks), batch_size=2)
+    with pytest.warns(LabelWarning) as caught:
+        result = evaluate(Background(), loader, CPU, num_classes=2, ignore_index=IGNORE,
+                          progress=False)
+    assert result["mean_iou"] == 1.0 and result["ignored_pixels"] == 2 * 48
+    text = " ".join(str(w.message) for w in caught)
+    assert "class 1" in text and "75%" in text and "0/255" in text
+
+
+def test_a_clean_split_gives_no_label_warning():
+    torch.manual_seed(0)
+    loader = DataLoader(toy_data(4), batch_size=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LabelWarning)
+        result = evaluate(small_unet(), loader, CPU, num_classes=3, ignore_index=IGNORE,
+                          progress=False)
+    assert result["label_problems"] == []
+
+
+@pytest.mark.parametrize("content, expected", [
+    (None, "No checkpoint at"),
+    (b"", "empty \\(0 bytes\\)"),
+    ("truncated", "truncated"),
+    ("bare", "bare state_dict.*model.load_state_dict"),
+    ("other", "not a segtut checkpoint"),
+    ("evil", "cannot be loaded safely"),
+    ("mismatch", "do not fit this model"),
+])
+def test_unusable_checkpoints_raise_a_clear_error(tmp_path, content, expected):
+    path = tmp_path / "run.pt"
+    model = small_unet()
+    if content == "truncated":
+        save_checkpoint(path, model, epoch=1)
+        path.write_bytes(path.read_bytes()[:1000])
+    elif content == "bare":
+        torch.save(model.state_dict(), path)
+    elif content == "other":
+        torch.save({"weights": torch.zeros(1)}, path)
+    elif content == "evil":
+        torch.save({"model": {}, "epoch": 1, "evil": object()}, path)
+    elif content == "mismatch":
+        save_checkpoint(path, build_model("unet", num_classes=5, base_channels=4, depth=2))
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=expected) as error:
+        load_checkpoint(path, model)
+    assert str(path) in str(error.value)
+    assert isinstance(error.value, ValueError)
+
+
+def test_resume_past_the_requested_epochs_warns(tmp_path):
+    run(2, tmp_path / "c.pt", resume=False)
+    with pytest.warns(UserWarning, match="already holds 2 epochs.*epochs=1: nothing was trained"):
+        _, _, history = run(1, tmp_path / "c.pt", resume=True)
+    assert len(history) == 2

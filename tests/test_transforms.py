@@ -1,5 +1,6 @@
 """Joint transforms: image and mask stay aligned, masks keep integer labels."""
 
+import pytest
 import torch
 from torchvision import tv_tensors
 
@@ -52,3 +53,43 @@ def test_eval_transform_keeps_the_mask_at_native_size():
     out_image, out_mask = EvalTransform((45, 60))(image, mask)
     assert out_image.shape == (3, 45, 60)
     assert out_mask.shape == (90, 120) and torch.equal(out_mask, mask)
+
+
+def test_a_plain_tensor_mask_moves_with_the_image():
+    # torchvision passes a plain tensor through untouched: the mask stayed 60x220 (or was
+    # misaligned) while the image was scaled and cropped. It is now wrapped as a Mask.
+    image, mask = striped_pair()
+    plain = mask.as_subclass(torch.Tensor)
+    torch.manual_seed(0)
+    expected_image, expected_mask = train_transforms((48, 64), ignore_index=IGNORE, jitter=0.0)(image, mask)
+    torch.manual_seed(0)
+    out_image, out_mask = train_transforms((48, 64), ignore_index=IGNORE, jitter=0.0)(image, plain)
+    assert out_mask.shape == (48, 64)
+    assert torch.equal(out_mask, expected_mask) and torch.equal(out_image, expected_image)
+    _, resized = resize_transforms((17, 23))(image, plain)
+    assert resized.shape == (17, 23) and resized.dtype == torch.int64
+    _, channel_first = resize_transforms((17, 23))(image, plain[None])
+    assert channel_first.shape == (1, 17, 23)  # (1, H, W) stays (1, h, w), resized too
+
+
+def test_a_plain_tensor_image_is_normalised_like_an_image():
+    image, mask = striped_pair(30, 40)
+    plain = image.as_subclass(torch.Tensor)
+    for transform in (resize_transforms((15, 20)), EvalTransform((15, 20))):
+        expected, _ = transform(image, mask)
+        out, _ = transform(plain, mask)
+        assert out.dtype == torch.float32 and torch.equal(out, expected)
+        out, out_mask = transform(plain, mask.as_subclass(torch.Tensor))
+        assert torch.equal(out, expected) and out_mask.dtype == torch.int64
+
+
+def test_masks_that_cannot_be_class_ids_are_refused():
+    image, mask = striped_pair(20, 30)
+    for transform in (train_transforms((16, 16), ignore_index=IGNORE), resize_transforms((8, 8)),
+                      EvalTransform((8, 8))):
+        with pytest.raises(TypeError, match="integer class ids"):
+            transform(image, mask.as_subclass(torch.Tensor).float())
+        with pytest.raises(ValueError, match="RGB colour mask"):
+            transform(image, torch.zeros(3, 20, 30, dtype=torch.uint8))
+        with pytest.raises(TypeError, match="tv_tensors.Mask"):
+            transform(image, mask.numpy())

@@ -21,9 +21,7 @@ Shapes follow the data contract of :mod:`segtut`: fastai's batches are float ima
 
 from __future__ import annotations
 
-import os
 import random
-import socket
 import time
 import warnings
 from pathlib import Path
@@ -47,6 +45,8 @@ from segtut.profiles import DataFolder, camvid_for_profile
 from segtut.synthetic import write_synthetic_camvid
 from segtut.train import evaluate, logits_of
 from segtut.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
+from segtut.weights import (DOWNLOAD_TIMEOUT_S, OFFLINE_ENV_VARS, WeightsUnavailable,
+                            torchvision_cache_path, torchvision_file)
 
 __all__ = [
     "CODES", "OFFLINE_ENVS", "DataFolder", "camvid_folder", "write_synthetic_camvid", "mask_path",
@@ -59,8 +59,9 @@ __all__ = [
 #: fastai's ``codes`` for CamVid masks: pixel value ``i`` means ``CODES[i]``; void (11) is last.
 #: The model predicts only the 11 real classes (``n_out=11``); void is never a prediction.
 CODES = tuple(CLASS_NAMES) + (VOID_NAME,)
-#: Environment variables that mean "do not try the network"; any of them set to "1" is enough.
-OFFLINE_ENVS = ("SEGTUT_OFFLINE", "HF_HUB_OFFLINE")
+#: Environment variables that mean "do not try the network" (segtut.config's one rule: any of
+#: them set to 1/true/yes/on).
+OFFLINE_ENVS = OFFLINE_ENV_VARS
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -263,57 +264,40 @@ def segmentation_loss(ignore_index: int = IGNORE_INDEX) -> CrossEntropyLossFlat:
 
 # ----------------------------------------------------------------------------- pretrained weights
 
-def _offline_reason() -> Optional[str]:
-    for name in OFFLINE_ENVS:
-        if os.environ.get(name) == "1":
-            return f"{name}=1"
-    return None
-
-
 def weights_cache_path(arch_name: str) -> Path:
     """Where torch keeps the ImageNet weights that fastai loads for torchvision's ``arch_name``.
 
     ``$TORCH_HOME/hub/checkpoints/<file>`` (``~/.cache/torch`` without ``TORCH_HOME``); copy
     the file there to use pretrained weights on a machine without internet.
     """
-    weights = torchvision.models.get_model_weights(arch_name).DEFAULT
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    return torchvision_cache_path(torchvision.models.get_model_weights(arch_name).DEFAULT)
 
 
-def fastai_pretrained_available(arch_name: str, *, timeout_s: float = 10.0,
+def fastai_pretrained_available(arch_name: str, *, timeout_s: float = DOWNLOAD_TIMEOUT_S,
                                 download: bool = True) -> tuple[bool, str]:
     """Can fastai load ImageNet weights for torchvision's ``arch_name`` (e.g. ``"resnet34"``)?
 
     Looks in torch's cache first (:func:`weights_cache_path`). When the file is missing it tries
-    to download it there, with a socket timeout of ``timeout_s`` seconds, unless ``download`` is
-    False or the machine is marked offline (``SEGTUT_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``).
+    to download it there (:func:`segtut.weights.torchvision_file`, with a socket timeout of
+    ``timeout_s`` seconds), unless ``download`` is False or the network is switched off
+    (:func:`segtut.config.offline_reason`: ``SEGTUT_OFFLINE`` or ``HF_HUB_OFFLINE`` set to
+    1/true/yes/on) or download.pytorch.org cannot be reached.
 
     Returns:
         ``(available, description)``: where the weights are, or why they cannot be had.
     """
     weights = torchvision.models.get_model_weights(arch_name).DEFAULT
-    path = weights_cache_path(arch_name)
     label = f"ImageNet {arch_name} weights ({weights})"
-    if path.is_file():
-        return True, f"{label}, from torch's cache {path}"
-    offline = _offline_reason()
-    if offline or not download:
-        why = f"offline ({offline})" if offline else "download=False"
-        return False, f"{label} not in torch's cache ({path}) and {why}"
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout_s)
     try:
-        weights.get_state_dict(progress=False, check_hash=True)  # downloads into the cache
-    except Exception as error:  # noqa: BLE001 - no network, a timeout, a bad file: all mean "no"
-        return False, f"{label} could not be downloaded to {path}: {type(error).__name__}: {error}"
-    finally:
-        socket.setdefaulttimeout(previous)
-    return True, f"{label}, downloaded to torch's cache {path}"
+        _, where = torchvision_file(weights, download=download, timeout_s=timeout_s)
+    except WeightsUnavailable as error:
+        return False, f"{label} {error}"
+    return True, f"{label}, {where}"
 
 
 def make_unet_learner(dls: DataLoaders, arch: str = "resnet34", pretrained: bool = True, *,
                       n_out: int = NUM_CLASSES, loss_func=None, metrics=None,
-                      timeout_s: float = 10.0, **kwargs) -> Learner:
+                      timeout_s: float = DOWNLOAD_TIMEOUT_S, **kwargs) -> Learner:
     """fastai's ``unet_learner`` (a DynamicUnet on a torchvision ResNet), safe to run offline.
 
     With ``pretrained``, the ImageNet weights are used when :func:`fastai_pretrained_available`

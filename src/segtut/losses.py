@@ -4,6 +4,13 @@ Every loss takes logits ``(N, C, H, W)`` (float) and targets ``(N, H, W)`` (int6
 returns a scalar, and takes the ignore label as a required keyword argument: pixels labelled
 ``ignore_index`` (void) are skipped entirely, so what the model predicts there never matters.
 
+Two rules every loss here follows:
+
+* a batch whose pixels are all ignored gives a loss of exactly 0 that is still connected to the
+  logits (``backward()`` works and every gradient is 0), never NaN;
+* per-class weights must have one entry per class: a length that differs from the logits'
+  ``C`` raises ValueError (expected vs got) instead of being broadcast, cut or indexed past.
+
 Build one by name with :func:`build_loss`::
 
     loss_fn = build_loss("ce+dice", ignore_index=11)
@@ -170,6 +177,25 @@ def _check_inputs(logits: torch.Tensor, targets: torch.Tensor) -> None:
             "size=masks.shape[-2:], mode='bilinear'); never downsample the labels.")
 
 
+def _check_class_weights(weights: torch.Tensor | None, logits: torch.Tensor, name: str) -> None:
+    """Raise ValueError unless ``weights`` (if any) has one entry per class of ``logits``."""
+    if weights is not None and weights.numel() != logits.shape[1]:
+        raise ValueError(f"{name} has the wrong length: expected {logits.shape[1]} weights, "
+                         f"one per class of the logits (void not included), got "
+                         f"{weights.numel()}.")
+
+
+def _no_labelled_pixels(targets: torch.Tensor, ignore_index: int | None) -> bool:
+    """True when every target pixel is ``ignore_index`` (or there are no pixels at all)."""
+    return targets.numel() == 0 or (ignore_index is not None
+                                    and not bool((targets != ignore_index).any()))
+
+
+def _zero_loss(logits: torch.Tensor) -> torch.Tensor:
+    """A scalar 0 connected to ``logits``: ``backward()`` works and gives zero gradients."""
+    return logits.sum() * 0.0
+
+
 def _as_class_weights(weights: Sequence[float] | torch.Tensor | None) -> torch.Tensor | None:
     """Per-class weights as a float32 ``(C,)`` tensor, or None."""
     if weights is None:
@@ -185,7 +211,7 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
 
     With ``class_weights`` the loss is the weighted mean ``sum_i w[y_i] CE_i / sum_i w[y_i]``
     over the non-ignored pixels (PyTorch's definition). A batch whose pixels are all ignored
-    gives NaN, as in PyTorch.
+    gives 0 (PyTorch gives NaN, a 0 / 0).
 
     Args:
         ignore_index: label of pixels to skip (void), or None if there is none.
@@ -206,6 +232,9 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         _check_inputs(logits, targets)
+        _check_class_weights(self.weight, logits, "class_weights")
+        if _no_labelled_pixels(targets, self.ignore_index):
+            return _zero_loss(logits)
         return super().forward(logits, targets)
 
 
@@ -235,7 +264,8 @@ class DiceLoss(nn.Module):
             ``sum_c w_c loss_c / sum_c w_c`` (as in smp).
 
     Shapes:
-        logits float ``(N, C, H, W)``, targets int64 ``(N, H, W)`` -> scalar.
+        logits float ``(N, C, H, W)``, targets int64 ``(N, H, W)`` -> scalar (0 when every
+        pixel is ignored: no class is present).
     """
 
     def __init__(self, *, ignore_index: int | None, smooth: float = 0.0, eps: float = 1e-7,
@@ -248,6 +278,7 @@ class DiceLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         _check_inputs(logits, targets)
+        _check_class_weights(self.class_weights, logits, "class_weights")
         probabilities = logits.softmax(dim=1)  # (N, C, H, W)
         valid = _valid_pixels(targets, self.ignore_index).unsqueeze(1)  # (N, 1, H, W)
         probabilities = probabilities * valid  # ignored pixels: all probabilities 0
@@ -303,6 +334,7 @@ class FocalLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         _check_inputs(logits, targets)
+        _check_class_weights(self.alpha, logits, "alpha")
         valid = _valid_pixels(targets, self.ignore_index)  # (N, H, W)
         classes = targets.masked_fill(~valid, 0).unsqueeze(1)  # (N, 1, H, W) any id at void
         log_pt = logits.log_softmax(dim=1).gather(1, classes).squeeze(1)  # (N, H, W)
@@ -330,7 +362,8 @@ class CEDiceLoss(nn.Module):
         eps: Dice's ``eps``.
 
     Shapes:
-        logits float ``(N, C, H, W)``, targets int64 ``(N, H, W)`` -> scalar.
+        logits float ``(N, C, H, W)``, targets int64 ``(N, H, W)`` -> scalar (0 when every
+        pixel is ignored).
     """
 
     def __init__(self, *, ignore_index: int | None, ce_weight: float = 1.0,
@@ -371,6 +404,7 @@ def build_loss(name: str, *, ignore_index: int | None,
         ignore_index: label of pixels every loss skips (void), or None.
         class_weights: optional ``(C,)`` per-class weights (cross-entropy ``weight``, Dice
             class weights, focal ``alpha``; the cross-entropy term only for ``"ce+dice"``).
+            Their length is checked against the logits' classes at every call.
         **kwargs: passed on to the loss, e.g. ``gamma=2.0`` for focal.
 
     Returns:

@@ -50,6 +50,8 @@ class ConfusionMatrix:
 
     Attributes:
         matrix: int64 ``(C, C)``, rows = true class, columns = predicted class.
+        ignored: int64 scalar tensor, the target pixels labelled ``ignore_index`` (left out of
+            ``matrix``): more ignored than counted pixels usually means broken masks.
     """
 
     def __init__(self, num_classes: int, *, ignore_index: int | None,
@@ -64,10 +66,12 @@ class ConfusionMatrix:
         self.device = None if device is None else torch.device(device)
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64,
                                   device=self.device)  # (C, C)
+        self.ignored = torch.zeros((), dtype=torch.int64, device=self.device)
 
     def reset(self) -> None:
         """Set every count back to zero (call it at the start of each split)."""
         self.matrix.zero_()
+        self.ignored.zero_()
 
     @torch.no_grad()
     def update(self, predictions: torch.Tensor, targets: torch.Tensor) -> None:
@@ -126,11 +130,14 @@ class ConfusionMatrix:
         # One fused add (predictions + C * targets) is much faster than targets * C + predictions.
         index = predictions.long().add(targets.long(), alpha=num_classes)  # (N, H, W)
         counts = torch.bincount(index.reshape(-1), minlength=(num_classes + 1) * num_classes)
+        ignored = counts[num_classes * num_classes:].sum()  # row C: the ignored pixels
         counts = counts[: num_classes * num_classes].reshape(num_classes, num_classes)  # (C, C)
 
         if self.device is None and self.matrix.device != counts.device:
             self.matrix = self.matrix.to(counts.device)
+            self.ignored = self.ignored.to(counts.device)
         self.matrix += counts.to(self.matrix.device)
+        self.ignored += ignored.to(self.ignored.device)
 
     def compute(self) -> dict:
         """Scores of everything accumulated so far.

@@ -5,15 +5,28 @@ The device and the seed are always passed in; nothing is seeded or chosen at imp
 
 Batches are ``(images, masks)``: float ``(N, 3, H, W)`` and int64 ``(N, H, W)``; the model returns
 logits ``(N, C, h, w)`` (a dict with key ``"out"``, as torchvision returns, is accepted too).
+
+Loud rather than silent:
+
+* a training batch whose pixels are all the ignore label teaches nothing (its loss is 0/0): it
+  is skipped, without a step, and a warning says how many were;
+* :func:`evaluate` warns when a class never occurs in the split's targets (its IoU is undefined
+  or 0, and the mean changes meaning) or when most target pixels are ignored (a 0/255 binary
+  mask whose 255 became the ignore label turns the whole foreground into void, and a model
+  predicting background everywhere then scores a "perfect" mIoU of 1.0);
+* a checkpoint that cannot be used raises :class:`CheckpointError` naming the file and what to
+  do.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import pickle
 import time
+import warnings
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -79,20 +92,54 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used; the message names the file and says what to do."""
+
+
+class LabelWarning(UserWarning):
+    """The targets of a split look wrong: a class never occurs, or most pixels are ignored."""
+
+
+def _ignore_index_of(loss_fn: Callable) -> Optional[int]:
+    """The ignore label of a segtut loss (also inside AuxLoss or CEDiceLoss), or None."""
+    for candidate in (loss_fn, getattr(loss_fn, "loss_fn", None),
+                      getattr(loss_fn, "cross_entropy", None)):
+        value = getattr(candidate, "ignore_index", None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
 def train_one_epoch(model: nn.Module, loader, loss_fn: Callable, optimizer: torch.optim.Optimizer,
                     device: torch.device, *, scheduler=None, amp: bool = False,
                     scaler: Optional[torch.amp.GradScaler] = None, max_steps: Optional[int] = None,
-                    progress: bool = True, description: str = "train") -> dict:
+                    progress: bool = True, description: str = "train",
+                    ignore_index: Optional[int] = None, warn_skipped: bool = True) -> dict:
     """One pass over ``loader``; the scheduler (if any) is stepped after every batch.
 
+    A batch whose target pixels are all ``ignore_index`` has nothing to learn from: it is
+    skipped (no forward pass, no optimiser or scheduler step) and, with ``warn_skipped``, one
+    warning at the end of the epoch says how many were. A loss that is NaN or infinite on a
+    batch with labelled pixels is divergence: FloatingPointError.
+
+    Args:
+        ignore_index: the void label; None takes the loss's own ``ignore_index`` (segtut's
+            losses, also inside ``AuxLoss``) when it has one.
+
     Returns:
-        ``{"loss": mean loss over batches, "steps": int, "images": int, "seconds": float}``.
+        ``{"loss": mean loss over the steps taken, "steps": int, "images": int, "seconds":
+        float, "skipped_batches": int}``.
     """
+    if ignore_index is None:
+        ignore_index = _ignore_index_of(loss_fn)
     model.train()
-    total_loss, steps, images_seen, start = 0.0, 0, 0, time.perf_counter()
+    total_loss, steps, images_seen, skipped, start = 0.0, 0, 0, 0, time.perf_counter()
     bar = _progress_bar(loader, description, progress)
     for images, masks in bar:
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+        if ignore_index is not None and not bool((masks != ignore_index).any()):
+            skipped += 1  # every pixel is void: no loss to learn from, so no step at all
+            continue
         with _autocast(device, amp):
             logits = logits_of(model(images))  # (N, C, H, W)
             loss = loss_fn(logits.float(), masks)
@@ -115,8 +162,57 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: Callable, optimizer: torc
         bar.set_postfix(loss=f"{total_loss / steps:.3f}")
         if max_steps is not None and steps >= max_steps:
             break
-    return {"loss": total_loss / max(1, steps), "steps": steps, "images": images_seen,
-            "seconds": time.perf_counter() - start}
+    if skipped and warn_skipped:
+        warnings.warn(_skipped_message(skipped, ignore_index), LabelWarning, stacklevel=2)
+    mean_loss = total_loss / steps if steps else (math.nan if skipped else 0.0)
+    return {"loss": mean_loss, "steps": steps, "images": images_seen,
+            "seconds": time.perf_counter() - start, "skipped_batches": skipped}
+
+
+def _skipped_message(skipped: int, ignore_index: Optional[int]) -> str:
+    return (f"{skipped} training batch(es) had no labelled pixel (every target pixel is the "
+            f"ignore label {ignore_index}) and were skipped without a step. Check those masks: "
+            "an image that is all void, or a mask whose classes were mapped to the ignore label.")
+
+
+def label_problems(matrix: ConfusionMatrix,
+                   class_names: Optional[Sequence[str]] = None) -> list[str]:
+    """What looks wrong with the targets a confusion matrix has counted, one sentence each.
+
+    * Classes that never occur in the targets: their IoU is NaN (left out of the mean) when
+      they are never predicted either, and 0 when they are, so the split cannot measure them.
+    * More than half of the target pixels ignored: usually broken masks, e.g. a 0/255 binary
+      mask whose 255 was mapped to the ignore label, which makes the whole foreground void.
+
+    Args:
+        matrix: accumulated over a whole split (with ``ignored`` counted).
+        class_names: names for the messages (default: ``class <id>``).
+
+    Returns:
+        A list of messages, empty when nothing looks wrong.
+    """
+    problems = []
+    counts = matrix.matrix.sum(dim=1).cpu()  # (C,) target pixels per class
+    labelled = int(counts.sum())
+    ignored = int(matrix.ignored)
+    if labelled + ignored == 0:
+        return ["The split has no target pixels at all: the metrics are undefined (NaN)."]
+    absent = [i for i, count in enumerate(counts.tolist()) if count == 0]
+    if absent:
+        names = ", ".join(f"{class_names[i]!r} ({i})" if class_names is not None else f"class {i}"
+                          for i in absent)
+        problems.append(
+            f"{len(absent)} of {matrix.num_classes} classes never occur in this split's targets: "
+            f"{names}. Their IoU is undefined (NaN, left out of mean_iou) or 0 if predicted, so "
+            "mean_iou covers fewer classes than you think. Check num_classes and the masks "
+            "(a 0/255 binary mask needs 255 mapped to 1, not to the ignore label).")
+    if ignored > labelled:
+        share = ignored / (labelled + ignored)
+        problems.append(
+            f"{share:.0%} of this split's target pixels are the ignore label "
+            f"{matrix.ignore_index}: the scores only cover the other {1 - share:.0%}. If the "
+            "masks are binary 0/255, map 255 to class 1 instead of to the ignore label.")
+    return problems
 
 
 @torch.no_grad()
@@ -137,28 +233,42 @@ def predict(model: nn.Module, images: torch.Tensor, size: Optional[tuple[int, in
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, *, num_classes: int,
              ignore_index: Optional[int], loss_fn: Optional[Callable] = None, amp: bool = False,
-             max_batches: Optional[int] = None, progress: bool = True) -> dict:
+             max_batches: Optional[int] = None, progress: bool = True,
+             class_names: Optional[Sequence[str]] = None, warn: bool = True) -> dict:
     """Metrics over a whole split, from one confusion matrix, at the masks' native resolution.
+
+    With ``warn``, a :class:`LabelWarning` names the classes that never occur in the split's
+    targets and says when most target pixels are ignored (:func:`label_problems`).
+
+    Args:
+        class_names: names of the classes for the warnings (default: their ids).
 
     Returns:
         ``{"loss", "pixel_accuracy", "mean_iou", "mean_dice", "mean_accuracy", "iou" (list),
-        "dice" (list), "confusion" (C x C list of ints), "seconds"}``; ``loss`` is NaN without
-        ``loss_fn``.
+        "dice" (list), "confusion" (C x C list of ints), "ignored_pixels" (int),
+        "label_problems" (list of str), "seconds"}``; ``loss`` is NaN without ``loss_fn`` and
+        averages the batches that have labelled pixels.
     """
     matrix = ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
-    total_loss, batches, start = 0.0, 0, time.perf_counter()
+    total_loss, loss_batches, batches, start = 0.0, 0, 0, time.perf_counter()
     for images, masks in _progress_bar(loader, "eval", progress):
         images, masks = images.to(device), masks.to(device)
         logits = predict(model, images, size=tuple(masks.shape[-2:]), amp=amp)  # (N, C, H, W)
-        if loss_fn is not None:
+        if loss_fn is not None and (ignore_index is None or bool((masks != ignore_index).any())):
             total_loss += loss_fn(logits, masks).item()
+            loss_batches += 1
         matrix.update(logits.argmax(dim=1), masks)
         batches += 1
         if max_batches is not None and batches >= max_batches:
             break
     result = matrix.compute()
-    result["loss"] = total_loss / batches if (loss_fn is not None and batches) else float("nan")
+    result["loss"] = total_loss / loss_batches if loss_batches else float("nan")
     result["confusion"] = matrix.matrix.cpu().tolist()
+    result["ignored_pixels"] = int(matrix.ignored)
+    result["label_problems"] = label_problems(matrix, class_names)
+    if warn:
+        for problem in result["label_problems"]:
+            warnings.warn(problem, LabelWarning, stacklevel=3)
     result["seconds"] = time.perf_counter() - start
     return result
 
@@ -191,13 +301,59 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer=None, schedule
 
     Returns:
         ``{"epoch": epochs completed, "history": list of per-epoch dicts}``.
+
+    Raises:
+        CheckpointError: the file is missing, empty, truncated or not a segtut checkpoint (a
+            bare ``state_dict``, an object that ``weights_only`` loading refuses), or its weights
+            do not fit ``model``; the message names the file and says what to do.
     """
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    model.load_state_dict(state["model"])
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"No checkpoint at {path}"
+                              + (" (it is a folder)" if path.exists() else "")
+                              + ": check the path, or train first (fit(..., checkpoint_path=...) "
+                              "writes one after every epoch).")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"The checkpoint {path} is empty (0 bytes): a save was "
+                              "interrupted or the copy failed. Delete it and train again, or "
+                              "copy a complete file there.")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(f"The checkpoint {path} cannot be loaded safely (torch.load with "
+                              "weights_only=True refuses it): it holds Python objects, not only tensors and numbers, so it was not "
+                              "written by segtut.train.save_checkpoint. Load it yourself only if "
+                              "you trust its source.") from error
+    except (RuntimeError, OSError, EOFError, ValueError) as error:
+        detail = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else ""
+        reason = f"{type(error).__name__}: {detail}" if detail else type(error).__name__
+        raise CheckpointError(f"The checkpoint {path} ({path.stat().st_size} bytes) cannot be "
+                              f"read ({reason}): the file is truncated or is not a PyTorch "
+                              "checkpoint. Delete it and train again, or copy a complete "
+                              "file there.") from error
+    if isinstance(state, dict) and "model" not in state \
+            and state and all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise CheckpointError(
+            f"{path} holds a bare state_dict (weights only, e.g. {next(iter(state))!r}), not a "
+            "segtut checkpoint with model, optimizer, epoch and history. Load the weights with "
+            "model.load_state_dict(torch.load(path, weights_only=True)), or re-save them with "
+            "segtut.train.save_checkpoint(path, model) to resume training.")
+    if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
+        keys = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path} is not a segtut checkpoint: expected a dict with 'model', "
+                              f"'epoch', 'history', ... as segtut.train.save_checkpoint writes, "
+                              f"got {keys}.")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        lines = str(error).strip().splitlines()
+        raise CheckpointError(f"The weights in {path} do not fit this model (another "
+                              "architecture, size option or num_classes?): "
+                              + " ".join(line.strip() for line in lines[:3])) from error
     for target, key in ((optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
         if target is not None and state.get(key) is not None:
             target.load_state_dict(state[key])
-    return {"epoch": state["epoch"], "history": state["history"]}
+    return {"epoch": state["epoch"], "history": state.get("history", [])}
 
 
 def fit(model: nn.Module, train_loader, val_loader, *, loss_fn: Callable,
@@ -205,7 +361,8 @@ def fit(model: nn.Module, train_loader, val_loader, *, loss_fn: Callable,
         num_classes: int, ignore_index: Optional[int], scheduler=None,
         amp: Optional[bool] = None, time_budget_s: Optional[float] = None,
         max_steps_per_epoch: Optional[int] = None, checkpoint_path: str | Path | None = None,
-        resume: bool = False, progress: bool = True, log: Optional[Callable[[str], None]] = print) -> list[dict]:
+        resume: bool = False, progress: bool = True, log: Optional[Callable[[str], None]] = print,
+        class_names: Optional[Sequence[str]] = None) -> list[dict]:
     """Train for ``epochs`` epochs, evaluating on ``val_loader`` after each one.
 
     Every epoch starts with ``torch.manual_seed(seed + epoch)``, so its shuffling, augmentation
@@ -215,8 +372,15 @@ def fit(model: nn.Module, train_loader, val_loader, *, loss_fn: Callable,
     Args:
         amp: mixed precision; default on for CUDA, off elsewhere.
         time_budget_s: stop after the first epoch that ends past this many training seconds.
-        checkpoint_path: save after every epoch (and resume from it when ``resume``).
+        checkpoint_path: save after every epoch (and resume from it when ``resume``). A
+            checkpoint that already holds ``epochs`` epochs or more trains nothing: a warning
+            says so and its history is returned.
         log: called with one line per epoch (``None`` for silence).
+        class_names: names of the classes for the label warnings.
+
+    Warnings (each once per call, not every epoch): :class:`LabelWarning` when training
+    batches had no labelled pixel (skipped) and when the validation targets lack a class or
+    are mostly ignored (:func:`label_problems`).
 
     Returns:
         The history: one dict per epoch with ``epoch``, ``train_loss``, ``val_loss``,
@@ -234,15 +398,33 @@ def fit(model: nn.Module, train_loader, val_loader, *, loss_fn: Callable,
         start_epoch, history = state["epoch"], state["history"]
         if log:
             log(f"resumed from {checkpoint_path} after epoch {start_epoch}")
+        if start_epoch >= epochs:
+            warnings.warn(f"The checkpoint {checkpoint_path} already holds {start_epoch} epochs, "
+                          f"and fit was asked for epochs={epochs}: nothing was trained. The "
+                          f"model has the weights after epoch {start_epoch}. Pass a larger "
+                          "epochs to train on, or resume=False (or another checkpoint_path) "
+                          "to start again.", stacklevel=2)
     trained_s = history[-1]["train_seconds_total"] if history else 0.0
+    warned_skipped = warned_labels = False
     for epoch in range(start_epoch, epochs):
         torch.manual_seed(seed + epoch)
         train = train_one_epoch(model, train_loader, loss_fn, optimizer, device, scheduler=scheduler,
                                 amp=amp, scaler=scaler, max_steps=max_steps_per_epoch,
-                                progress=progress, description=f"epoch {epoch + 1}/{epochs}")
+                                progress=progress, description=f"epoch {epoch + 1}/{epochs}",
+                                ignore_index=ignore_index, warn_skipped=False)
+        if train["skipped_batches"] and not warned_skipped:
+            warned_skipped = True
+            warnings.warn(f"epoch {epoch + 1}: " + _skipped_message(train["skipped_batches"],
+                                                                     ignore_index),
+                          LabelWarning, stacklevel=2)
         trained_s += train["seconds"]
         val = evaluate(model, val_loader, device, num_classes=num_classes, ignore_index=ignore_index,
-                       loss_fn=loss_fn, amp=amp, progress=progress)
+                       loss_fn=loss_fn, amp=amp, progress=progress, class_names=class_names,
+                       warn=False)
+        if val["label_problems"] and not warned_labels:
+            warned_labels = True  # the same targets every epoch: once per fit is enough
+            for problem in val["label_problems"]:
+                warnings.warn(f"validation split: {problem}", LabelWarning, stacklevel=2)
         row = {"epoch": epoch + 1, "train_loss": train["loss"], "val_loss": val["loss"],
                "val_mean_iou": val["mean_iou"], "val_pixel_accuracy": val["pixel_accuracy"],
                "lr": optimizer.param_groups[0]["lr"], "train_seconds": train["seconds"],

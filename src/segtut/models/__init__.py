@@ -3,8 +3,16 @@
 >>> model = build_model("unet", num_classes=11, base_channels=16)
 >>> model = build_model("smp_unet", num_classes=11, encoder_name="resnet18", pretrained=True)
 
-Each entry is a function ``(num_classes, **options) -> nn.Module`` whose model maps images
-``(N, 3, H, W)`` to logits ``(N, num_classes, H, W)`` at the input size.
+Every entry has one signature, ``(num_classes, *, pretrained, in_channels, **options) ->
+nn.Module``, and its model maps images ``(N, in_channels, H, W)`` to logits
+``(N, num_classes, H, W)`` at the input size:
+
+* ``pretrained``: the library models and the U-Nets on torchvision encoders default to True
+  (ImageNet weights, with the offline fallback of :mod:`segtut.weights`); the from-scratch
+  models (U-Net, FCN-8s, FC-DenseNet) default to False and raise ValueError for True, since no
+  pretrained weights exist for them.
+* ``in_channels``: 3 by default; from-scratch models are built for it, pretrained ones have their
+  stem convolution adapted after the weights are loaded.
 """
 
 from __future__ import annotations
@@ -19,14 +27,37 @@ from segtut.models.library import smp_fpn, smp_segformer, smp_unet, torchvision_
 from segtut.models.mobilenetv2_unet import mobilenetv2_unet
 from segtut.models.unet import UNet
 
+
+def _from_scratch(name: str, builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """``builder`` with the registry's signature: ``pretrained=False`` accepted, True refused."""
+
+    def build(num_classes: int, *, pretrained: bool = False, in_channels: int = 3,
+              **options) -> nn.Module:
+        if pretrained:
+            raise ValueError(f"There are no pretrained weights for {name!r}: it is trained from "
+                             "scratch in this series. Pass pretrained=False, or pick a model "
+                             "with an ImageNet encoder (e.g. 'smp_unet', 'mobilenetv2_unet').")
+        model = builder(num_classes=num_classes, in_channels=in_channels, **options)
+        model.weights_source = "random initialisation (trained from scratch)"
+        return model
+
+    # Not functools.wraps: its __wrapped__ would make inspect.signature show the builder's own
+    # signature, without ``pretrained``.
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = (f"Build ``{name}`` from scratch (``pretrained=True`` raises ValueError); "
+                     f"options go to :func:`{builder.__module__}.{builder.__qualname__}`.")
+    return build
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
-    "unet": UNet,
-    "fcn8s": FCN8s,
-    "fcn8s_separable": fcn8s_separable,  # FCN-8s with depthwise-separable convolutions
+    "unet": _from_scratch("unet", UNet),
+    "fcn8s": _from_scratch("fcn8s", FCN8s),
+    # FCN-8s with depthwise-separable convolutions
+    "fcn8s_separable": _from_scratch("fcn8s_separable", fcn8s_separable),
     # FC-DenseNet, "The One Hundred Layers Tiramisu" (Jegou et al., 2017): the paper's three sizes.
-    "fc_densenet56": fc_densenet56,
-    "fc_densenet67": fc_densenet67,
-    "fc_densenet103": fc_densenet103,
+    "fc_densenet56": _from_scratch("fc_densenet56", fc_densenet56),
+    "fc_densenet67": _from_scratch("fc_densenet67", fc_densenet67),
+    "fc_densenet103": _from_scratch("fc_densenet103", fc_densenet103),
     # Library models (segtut.models.library): pretrained=True tries ImageNet encoder weights and
     # falls back to random initialisation offline; model.weights_source says which happened.
     "smp_unet": smp_unet,
@@ -40,7 +71,11 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 
 def build_model(name: str, num_classes: int, **options) -> nn.Module:
-    """Build a registered model by name, e.g. ``build_model("unet", 11, base_channels=32)``."""
+    """Build a registered model by name, e.g. ``build_model("unet", 11, base_channels=32)``.
+
+    ``options`` may always include ``pretrained`` and ``in_channels`` (see the module's
+    docstring), and the model's own options.
+    """
     if name not in MODELS:
         raise ValueError(f"Unknown model {name!r}. Valid choices: {', '.join(sorted(MODELS))}.")
     return MODELS[name](num_classes=num_classes, **options)

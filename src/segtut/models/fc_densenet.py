@@ -309,23 +309,26 @@ def densenet_features_state(state: dict) -> dict:
 
 
 def densenet_unet(num_classes: int, backbone: str = "densenet121", pretrained: bool = True,
-                  decoder_channels: tuple = (256, 128, 64, 32)) -> DenseNetUNet:
+                  decoder_channels: tuple = (256, 128, 64, 32),
+                  in_channels: int = 3) -> DenseNetUNet:
     """A :class:`DenseNetUNet` on torchvision's DenseNet-121, -169 or -201.
 
     Args:
         num_classes: output channels (classes, void not included).
         backbone: "densenet121", "densenet169" or "densenet201".
         pretrained: try the ImageNet weights (``IMAGENET1K_V1``) with the offline fallback of
-            :mod:`segtut.models.library`: without them the encoder keeps its random
+            :mod:`segtut.weights`: without them the encoder keeps its random
             initialisation, a warning says so, and ``model.weights_source`` records it.
         decoder_channels: see :class:`DenseNetUNet`.
+        in_channels: image channels; for any other number than 3 the encoder's ``conv0`` is
+            adapted after the weights are loaded.
 
     Returns:
         :class:`DenseNetUNet` with ``weights_source``.
     """
     import torchvision.models as models
 
-    from segtut.models.library import _load_pretrained, _torchvision_state
+    from segtut.weights import adapt_input_channels, load_pretrained, torchvision_state
 
     if backbone not in DENSENET_BACKBONES:
         raise ValueError(f"Unknown DenseNet backbone {backbone!r}. Valid choices: "
@@ -334,9 +337,12 @@ def densenet_unet(num_classes: int, backbone: str = "densenet121", pretrained: b
     model = DenseNetUNet(features, num_classes, decoder_channels)
     if pretrained:
         weights = getattr(models, DENSENET_BACKBONES[backbone]).IMAGENET1K_V1
-        model.weights_source = _load_pretrained(
-            f"ImageNet ({backbone} encoder)", lambda: _torchvision_state(weights),
+        model.weights_source = load_pretrained(
+            f"ImageNet ({backbone} encoder)", lambda: torchvision_state(weights),
             lambda state: features.load_state_dict(densenet_features_state(state)))
     else:
         model.weights_source = "random initialisation (pretrained=False)"
+    adapted = adapt_input_channels(model, in_channels)  # None for 3 channels
+    if adapted:
+        model.weights_source += f"; {adapted}"
     return model

@@ -15,22 +15,15 @@ print it in the run card.
 
 Pretrained weights and offline machines
 ---------------------------------------
-With ``pretrained=True`` the builders look for ImageNet weights of the encoder (backbone), in
-this order:
+With ``pretrained=True`` the builders load ImageNet weights of the encoder (backbone) through
+:mod:`segtut.weights`: ``$SEGTUT_WEIGHTS_DIR``, then the PyTorch / Hugging Face caches, then a
+download unless the machine is offline. When none works, the model keeps its random
+initialisation, a warning says so, and ``weights_source`` starts with "random initialisation"
+and gives the reason.
 
-1. ``$SEGTUT_WEIGHTS_DIR``: a folder you fill yourself. smp encoders look for
-   ``<encoder>.imagenet.safetensors`` (e.g. ``resnet18.imagenet.safetensors``: the
-   ``model.safetensors`` of the Hugging Face repository ``smp-hub/resnet18.imagenet``, renamed);
-   torchvision backbones look for the file name of torchvision's download, e.g.
-   ``mobilenet_v3_large-8738ca79.pth``.
-2. The standard caches: Hugging Face's (``$HF_HOME``, default ``~/.cache/huggingface``) for smp,
-   PyTorch's (``$TORCH_HOME``, default ``~/.cache/torch``) for torchvision.
-3. A download, unless ``SEGTUT_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` is set or the server cannot
-   be reached within :data:`DOWNLOAD_TIMEOUT_S` seconds (a quick connection test first, so an
-   offline machine does not wait through minutes of retries).
-
-When all three fail, the model keeps its random initialisation, a warning says so, and
-``weights_source`` starts with "random initialisation" and gives the reason.
+Every builder also takes ``in_channels`` (3 by default): the model is built for RGB, its
+ImageNet weights are loaded, and then its stem convolution is adapted
+(:func:`segtut.weights.adapt_input_channels`).
 
 The auxiliary loss
 ------------------
@@ -43,157 +36,25 @@ training mode, keeps the auxiliary logits in ``aux_logits``; :class:`AuxLoss` ad
 
 from __future__ import annotations
 
-import contextlib
-import os
-import socket
 import warnings
-from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The first five names are re-exported from segtut.weights, where they live now.
+from segtut.weights import (DOWNLOAD_TIMEOUT_S, OFFLINE_ENV_VARS, WEIGHTS_DIR_ENV,
+                            WeightsUnavailable, adapt_input_channels, download_blocked,
+                            load_pretrained, offline_reason, smp_encoder_state, socket_timeout,
+                            torchvision_state)
+
 __all__ = [
     "OFFLINE_ENV_VARS", "WEIGHTS_DIR_ENV", "DOWNLOAD_TIMEOUT_S", "WeightsUnavailable",
-    "offline_reason", "PadToMultiple", "TorchvisionSegmentation", "AuxLoss",
-    "smp_unet", "smp_fpn", "smp_segformer", "torchvision_deeplabv3", "DEEPLAB_BACKBONES",
+    "offline_reason", "PadToMultiple", "TorchvisionSegmentation",
+    "AuxLoss", "smp_unet", "smp_fpn", "smp_segformer", "torchvision_deeplabv3",
+    "DEEPLAB_BACKBONES",
 ]
-
-#: Any of these set to 1/true/yes/on means: never try to download weights.
-OFFLINE_ENV_VARS = ("SEGTUT_OFFLINE", "HF_HUB_OFFLINE")
-#: A folder of weight files to use before any cache or download.
-WEIGHTS_DIR_ENV = "SEGTUT_WEIGHTS_DIR"
-#: Seconds allowed for the connection test and for each network operation of a download.
-DOWNLOAD_TIMEOUT_S = 10.0
-_PROXY_ENV_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
-
-
-class WeightsUnavailable(RuntimeError):
-    """Pretrained weights are neither on disk nor downloadable; the message says why."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Finding pretrained weights
-# ---------------------------------------------------------------------------------------------
-
-def offline_reason() -> Optional[str]:
-    """Why downloads are switched off (e.g. ``"SEGTUT_OFFLINE=1 is set"``), or None."""
-    for name in OFFLINE_ENV_VARS:
-        value = os.environ.get(name, "")
-        if value.strip().lower() in ("1", "true", "yes", "on"):
-            return f"{name}={value} is set"
-    return None
-
-
-def _unreachable(host: str, timeout: float = DOWNLOAD_TIMEOUT_S) -> Optional[str]:
-    """None if a TCP connection to ``host:443`` opens within ``timeout``, else the reason.
-
-    Behind a proxy the test would say nothing useful, so it is skipped.
-    """
-    if any(os.environ.get(name) for name in _PROXY_ENV_VARS):
-        return None
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return None
-    except OSError as error:
-        return f"cannot reach {host} ({error})"
-
-
-@contextlib.contextmanager
-def _socket_timeout(seconds: float):
-    """Give every socket opened inside the block a timeout (urllib's downloads have none)."""
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
-def _weights_dir() -> Optional[Path]:
-    folder = os.environ.get(WEIGHTS_DIR_ENV)
-    return Path(folder).expanduser() if folder else None
-
-
-def _download_blocked(host: str) -> Optional[str]:
-    return offline_reason() or _unreachable(host)
-
-
-def _smp_encoder_state(encoder_name: str, weights: str = "imagenet") -> tuple[dict, str]:
-    """The state dict of an smp encoder's pretrained weights, and where it came from.
-
-    Raises:
-        WeightsUnavailable: not on disk and not downloadable.
-    """
-    import segmentation_models_pytorch as smp
-    from huggingface_hub import hf_hub_download
-    from safetensors.torch import load_file
-
-    available = smp.encoders.encoders[encoder_name]["pretrained_settings"]
-    if weights not in available:
-        raise ValueError(f"Encoder {encoder_name!r} has no {weights!r} weights; it has: "
-                         f"{', '.join(available)}.")
-    repo_id, revision = available[weights]["repo_id"], available[weights]["revision"]
-    filename = f"{repo_id.split('/')[-1]}.safetensors"  # e.g. resnet18.imagenet.safetensors
-    folder = _weights_dir()
-    if folder is not None and (folder / filename).is_file():
-        return load_file(folder / filename, device="cpu"), f"from {folder / filename}"
-    try:
-        path = hf_hub_download(repo_id, "model.safetensors", revision=revision, local_files_only=True)
-        return load_file(path, device="cpu"), "from the Hugging Face cache"
-    except Exception:  # noqa: BLE001 - not cached (the exception type varies across versions)
-        pass
-    reason = _download_blocked("huggingface.co")
-    if reason:
-        looked = f"${WEIGHTS_DIR_ENV}/{filename}, " if folder is not None else ""
-        raise WeightsUnavailable(f"{reason}; not found in {looked}the Hugging Face cache")
-    with _socket_timeout(DOWNLOAD_TIMEOUT_S):
-        path = hf_hub_download(repo_id, "model.safetensors", revision=revision)
-    return load_file(path, device="cpu"), f"downloaded from huggingface.co/{repo_id}"
-
-
-def _torchvision_state(weights) -> tuple[dict, str]:
-    """The state dict of a torchvision ``WeightsEnum`` member, and where it came from.
-
-    Raises:
-        WeightsUnavailable: not on disk and not downloadable.
-    """
-    filename = os.path.basename(weights.url)  # e.g. mobilenet_v3_large-8738ca79.pth
-    folder = _weights_dir()
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
-    for path, where in ((folder / filename if folder else None, f"from {folder}/{filename}"),
-                        (cached, "from the PyTorch cache")):
-        if path is not None and path.is_file():
-            return torch.load(path, map_location="cpu", weights_only=True), where
-    reason = _download_blocked("download.pytorch.org")
-    if reason:
-        looked = f"${WEIGHTS_DIR_ENV}/{filename}, " if folder is not None else ""
-        raise WeightsUnavailable(f"{reason}; not found in {looked}{cached}")
-    with _socket_timeout(DOWNLOAD_TIMEOUT_S):
-        state = torch.hub.load_state_dict_from_url(weights.url, progress=False, check_hash=True)
-    return state, "downloaded from download.pytorch.org"
-
-
-def _load_pretrained(description: str, fetch: Callable[[], tuple[dict, str]],
-                     apply: Callable[[dict], None]) -> str:
-    """Fetch weights and load them with ``apply``; on failure warn and keep the random ones.
-
-    Returns:
-        The model's ``weights_source`` sentence.
-    """
-    try:
-        state, where = fetch()
-    except Exception as error:  # noqa: BLE001 - offline, timeout, HTTP error, corrupt file...
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        warnings.warn(f"{description} weights are unavailable ({reason}). The model starts from "
-                      "RANDOM initialisation: expect lower scores than with pretrained weights. "
-                      f"See the docstring of segtut.models.library (set ${WEIGHTS_DIR_ENV} or "
-                      "fill the PyTorch / Hugging Face cache) to use weights offline.",
-                      stacklevel=3)
-        return f"random initialisation ({description} weights unavailable offline: {reason})"
-    apply(state)  # a shape or key mismatch here is a bug, not an offline problem: let it raise
-    return f"{description}, {where}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,8 +104,9 @@ class PadToMultiple(nn.Module):
 
 
 def _smp_model(architecture: str, num_classes: int, encoder_name: str, pretrained: bool,
-               options: dict) -> PadToMultiple:
-    """Build ``smp.<architecture>`` with random weights, then load the encoder's if asked."""
+               in_channels: int, options: dict) -> PadToMultiple:
+    """Build ``smp.<architecture>`` for RGB with random weights, load the encoder's if asked,
+    then adapt the stem to ``in_channels``."""
     import segmentation_models_pytorch as smp
 
     if "encoder_weights" in options:
@@ -259,31 +121,34 @@ def _smp_model(architecture: str, num_classes: int, encoder_name: str, pretraine
                          "(smp.encoders.get_encoder_names() lists them all), or 'tu-<timm name>'.")
     model_class = getattr(smp, architecture)
     source = "random initialisation (pretrained=False)"
+    model = None
     if timm_encoder and pretrained:
         # timm encoders download their own weights while being built: try it, bounded.
-        reason = _download_blocked("huggingface.co")
+        reason = download_blocked("huggingface.co")
         if reason is None:
             try:
-                with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+                with socket_timeout(DOWNLOAD_TIMEOUT_S):
                     model = model_class(encoder_name=encoder_name, encoder_weights=True,
                                         classes=num_classes, **options)
-                wrapped = PadToMultiple(model, multiple=_divisor(model))
-                wrapped.weights_source = f"ImageNet ({encoder_name} encoder, via timm)"
-                return wrapped
+                source = f"ImageNet ({encoder_name} encoder, via timm)"
             except Exception as error:  # noqa: BLE001 - any download failure
                 reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        warnings.warn(f"ImageNet weights for {encoder_name} are unavailable ({reason}); the model "
-                      "starts from RANDOM initialisation.", stacklevel=3)
-        source = f"random initialisation (ImageNet ({encoder_name} encoder) weights unavailable offline: {reason})"
+        if model is None:
+            warnings.warn(f"ImageNet weights for {encoder_name} are unavailable ({reason}); the "
+                          "model starts from RANDOM initialisation.", stacklevel=3)
+            source = (f"random initialisation (ImageNet ({encoder_name} encoder) weights "
+                      f"unavailable offline: {reason})")
         pretrained = False
-    model = model_class(encoder_name=encoder_name, encoder_weights=None, classes=num_classes,
-                        **options)
-    wrapped = PadToMultiple(model, multiple=_divisor(model))
+    if model is None:
+        model = model_class(encoder_name=encoder_name, encoder_weights=None, classes=num_classes,
+                            **options)
     if pretrained:
-        source = _load_pretrained(f"ImageNet ({encoder_name} encoder)",
-                                  lambda: _smp_encoder_state(encoder_name),
-                                  model.encoder.load_state_dict)
-    wrapped.weights_source = source
+        source = load_pretrained(f"ImageNet ({encoder_name} encoder)",
+                                 lambda: smp_encoder_state(encoder_name),
+                                 model.encoder.load_state_dict)
+    adapted = adapt_input_channels(model, in_channels)
+    wrapped = PadToMultiple(model, multiple=_divisor(model))
+    wrapped.weights_source = source + (f"; {adapted}" if adapted else "")
     return wrapped
 
 
@@ -295,40 +160,43 @@ def _divisor(model: nn.Module) -> int:
 
 
 def smp_unet(num_classes: int, encoder_name: str = "resnet18", pretrained: bool = True,
-             **options) -> PadToMultiple:
+             in_channels: int = 3, **options) -> PadToMultiple:
     """smp's U-Net: a pretrained classification encoder and a U-Net decoder.
 
     Args:
         num_classes: output channels (classes, void not included).
         encoder_name: any smp encoder (``smp.encoders.get_encoder_names()``) or ``"tu-<timm>"``.
-        pretrained: try ImageNet encoder weights (with the offline fallback of this module).
+        pretrained: try ImageNet encoder weights (with the offline fallback of
+            :mod:`segtut.weights`).
+        in_channels: image channels; the stem is adapted after the weights are loaded
+            (:func:`segtut.weights.adapt_input_channels`).
         **options: passed to ``smp.Unet``, e.g. ``decoder_channels=(128, 64, 32, 16, 8)``.
 
     Returns:
         :class:`PadToMultiple` around ``smp.Unet``, with ``weights_source``.
-        Shapes: ``(N, 3, H, W)`` -> ``(N, num_classes, H, W)``.
+        Shapes: ``(N, in_channels, H, W)`` -> ``(N, num_classes, H, W)``.
     """
-    return _smp_model("Unet", num_classes, encoder_name, pretrained, options)
+    return _smp_model("Unet", num_classes, encoder_name, pretrained, in_channels, options)
 
 
 def smp_fpn(num_classes: int, encoder_name: str = "resnet18", pretrained: bool = True,
-            **options) -> PadToMultiple:
+            in_channels: int = 3, **options) -> PadToMultiple:
     """smp's Feature Pyramid Network (Lin et al., 2017) for segmentation.
 
     Args and returns as :func:`smp_unet`; ``options`` go to ``smp.FPN`` (e.g.
     ``decoder_pyramid_channels``, ``decoder_segmentation_channels``, ``decoder_dropout``).
     """
-    return _smp_model("FPN", num_classes, encoder_name, pretrained, options)
+    return _smp_model("FPN", num_classes, encoder_name, pretrained, in_channels, options)
 
 
 def smp_segformer(num_classes: int, encoder_name: str = "mit_b0", pretrained: bool = True,
-                  **options) -> PadToMultiple:
+                  in_channels: int = 3, **options) -> PadToMultiple:
     """smp's SegFormer (Xie et al., 2021): a Mix Transformer encoder and an all-MLP decoder.
 
     Args and returns as :func:`smp_unet`; the default encoder is the smallest Mix Transformer,
     ``mit_b0`` (``mit_b0`` .. ``mit_b5``); ``options`` go to ``smp.Segformer``.
     """
-    return _smp_model("Segformer", num_classes, encoder_name, pretrained, options)
+    return _smp_model("Segformer", num_classes, encoder_name, pretrained, in_channels, options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,7 +308,7 @@ def _load_backbone(backbone: nn.Module, state: dict) -> None:
 
 
 def torchvision_deeplabv3(num_classes: int, backbone: str = "mobilenet_v3_large",
-                          pretrained: bool = True, aux_loss: bool = True,
+                          pretrained: bool = True, aux_loss: bool = True, in_channels: int = 3,
                           **options) -> TorchvisionSegmentation:
     """torchvision's DeepLabV3 (Chen et al., 2017): a dilated backbone, ASPP and an aux head.
 
@@ -452,11 +320,13 @@ def torchvision_deeplabv3(num_classes: int, backbone: str = "mobilenet_v3_large"
             DeepLabV3 builders do), with the offline fallback of this module. The COCO-trained
             segmentation weights of torchvision are not used: their 21 classes are not CamVid's.
         aux_loss: build the auxiliary FCN head (train it with :class:`AuxLoss`).
+        in_channels: image channels; the backbone's stem is adapted after the weights are
+            loaded (:func:`segtut.weights.adapt_input_channels`).
         **options: passed to the torchvision builder.
 
     Returns:
         :class:`TorchvisionSegmentation` with ``weights_source``.
-        Shapes: ``(N, 3, H, W)`` -> ``(N, num_classes, H, W)``.
+        Shapes: ``(N, in_channels, H, W)`` -> ``(N, num_classes, H, W)``.
     """
     import torchvision.models as models
     from torchvision.models import segmentation
@@ -471,8 +341,8 @@ def torchvision_deeplabv3(num_classes: int, backbone: str = "mobilenet_v3_large"
     wrapped = TorchvisionSegmentation(model)
     if pretrained:
         weights = getattr(models, weights_name).IMAGENET1K_V1
-        wrapped.weights_source = _load_pretrained(
-            f"ImageNet ({backbone} backbone)", lambda: _torchvision_state(weights),
+        wrapped.weights_source = load_pretrained(
+            f"ImageNet ({backbone} backbone)", lambda: torchvision_state(weights),
             lambda state: _load_backbone(model.backbone, state))
     else:
         wrapped.weights_source = "random initialisation (pretrained=False)"
@@ -481,6 +351,9 @@ def torchvision_deeplabv3(num_classes: int, backbone: str = "mobilenet_v3_large"
         if slow:
             wrapped.weights_source += (f"; {slow} backbone BatchNorm layers reset from momentum 0.01 "
                                        "to 0.1 (see _reset_slow_batchnorm)")
+    adapted = adapt_input_channels(model.backbone, in_channels)
+    if adapted:
+        wrapped.weights_source += f"; {adapted}"
     return wrapped
 
 

@@ -172,7 +172,8 @@ class MobileNetV2UNet(nn.Module):
         return logits[..., :height, :width]  # (N, num_classes, H, W)
 
 
-def mobilenetv2_unet(num_classes: int, pretrained: bool = True, **options) -> MobileNetV2UNet:
+def mobilenetv2_unet(num_classes: int, pretrained: bool = True, in_channels: int = 3,
+                     **options) -> MobileNetV2UNet:
     """Build a :class:`MobileNetV2UNet`, with the encoder's ImageNet weights if ``pretrained``.
 
     The weights are torchvision's ``MobileNet_V2_Weights.IMAGENET1K_V1``, found as chapter 5
@@ -183,17 +184,22 @@ def mobilenetv2_unet(num_classes: int, pretrained: bool = True, **options) -> Mo
     Args:
         num_classes: output channels (classes, void not included).
         pretrained: try the ImageNet weights of the encoder; the decoder always starts random.
+        in_channels: image channels; for any other number than 3 the encoder's stem
+            convolution is adapted after the weights are loaded.
         **options: passed to :class:`MobileNetV2UNet` (``decoder_channels``, ``norm``, ``dropout``).
     """
-    model = MobileNetV2UNet(num_classes, **options)
-    if not pretrained:
-        model.weights_source = "random initialisation (pretrained=False)"
-        return model
-    # segtut's weight finder with its offline fallback (private helpers of the library wrappers).
-    from segtut.models.library import _load_pretrained, _torchvision_state
+    # segtut's weight finder with its offline fallback, and the stem adapter.
+    from segtut.weights import adapt_input_channels, load_pretrained, torchvision_state
 
-    weights = MobileNet_V2_Weights.IMAGENET1K_V1
-    model.weights_source = _load_pretrained("ImageNet (mobilenet_v2 encoder)",
-                                            lambda: _torchvision_state(weights),
-                                            model.encoder.load_imagenet_state)
+    model = MobileNetV2UNet(num_classes, **options)
+    if pretrained:
+        weights = MobileNet_V2_Weights.IMAGENET1K_V1
+        model.weights_source = load_pretrained("ImageNet (mobilenet_v2 encoder)",
+                                               lambda: torchvision_state(weights),
+                                               model.encoder.load_imagenet_state)
+    else:
+        model.weights_source = "random initialisation (pretrained=False)"
+    adapted = adapt_input_channels(model, in_channels)  # None for 3 channels
+    if adapted:
+        model.weights_source += f"; {adapted}"
     return model
