@@ -178,7 +178,7 @@ class AllMLPDecoder(nn.Module):
 
     Args:
         in_channels: channels of the four encoder stages, e.g. ``(32, 64, 160, 256)`` for MiT-B0.
-        channels: the common width C (256 for B0, 768 for B1-B5 in the paper).
+        channels: the common width C (256 for B0 and B1, 768 for B2-B5 in the paper).
         num_classes: output channels.
 
     Shapes: four float maps ``(N, C_i, H / 2 ** (i + 1), W / 2 ** (i + 1))``, i = 1..4 ->
