@@ -174,3 +174,16 @@ def test_invalid_choices_are_explained():
         build_model("smp_unet", num_classes=5, encoder_name="resnet19", pretrained=False)
     with pytest.raises(ValueError, match="pretrained=True/False"):
         build_model("smp_fpn", num_classes=5, encoder_weights="imagenet")
+
+
+def test_deeplabv3_atrous_rates_are_applied_not_ignored():
+    from segtut.models.library import torchvision_deeplabv3
+
+    default = torchvision_deeplabv3(3, pretrained=False)
+    small = torchvision_deeplabv3(3, pretrained=False, atrous_rates=(2, 4, 6))
+    rates = [branch[0].dilation[0] for branch in small.model.classifier[0].convs[1:-1]]
+    assert rates == [2, 4, 6]
+    assert [b[0].dilation[0] for b in default.model.classifier[0].convs[1:-1]] == [12, 24, 36]
+    assert sum(p.numel() for p in small.parameters()) == sum(p.numel() for p in default.parameters())
+    with pytest.raises(ValueError, match="positive"):
+        torchvision_deeplabv3(3, pretrained=False, atrous_rates=(0, 4))

@@ -37,7 +37,7 @@ training mode, keeps the auxiliary logits in ``aux_logits``; :class:`AuxLoss` ad
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -309,6 +309,7 @@ def _load_backbone(backbone: nn.Module, state: dict) -> None:
 
 def torchvision_deeplabv3(num_classes: int, backbone: str = "mobilenet_v3_large",
                           pretrained: bool = True, aux_loss: bool = True, in_channels: int = 3,
+                          atrous_rates: Optional[Sequence[int]] = None,
                           **options) -> TorchvisionSegmentation:
     """torchvision's DeepLabV3 (Chen et al., 2017): a dilated backbone, ASPP and an aux head.
 
@@ -322,7 +323,14 @@ def torchvision_deeplabv3(num_classes: int, backbone: str = "mobilenet_v3_large"
         aux_loss: build the auxiliary FCN head (train it with :class:`AuxLoss`).
         in_channels: image channels; the backbone's stem is adapted after the weights are
             loaded (:func:`segtut.weights.adapt_input_channels`).
-        **options: passed to the torchvision builder.
+        atrous_rates: dilation rates of ASPP's 3x3 branches; None keeps torchvision's
+            ``(12, 24, 36)`` (the paper's rates at output stride 8; it uses ``(6, 12, 18)`` at
+            output stride 16). Rates should suit the feature map: on the 8x10 map of a 128x160
+            crop at output stride 16, a rate of 12 or more reads only padding with its outer
+            taps. Given, the head is rebuilt as ``DeepLabHead(channels, num_classes,
+            atrous_rates)``: the same layers and parameters, other dilations.
+        **options: passed to the torchvision builder (which silently ignores names it does not
+            know, hence ``atrous_rates`` here).
 
     Returns:
         :class:`TorchvisionSegmentation` with ``weights_source``.
@@ -338,6 +346,15 @@ def torchvision_deeplabv3(num_classes: int, backbone: str = "mobilenet_v3_large"
     builder = getattr(segmentation, builder_name)
     model = builder(weights=None, weights_backbone=None, num_classes=num_classes,
                     aux_loss=aux_loss, **options)
+    if atrous_rates is not None:
+        from torchvision.models.segmentation.deeplabv3 import DeepLabHead
+
+        rates = tuple(int(rate) for rate in atrous_rates)
+        if not rates or min(rates) < 1:
+            raise ValueError(f"atrous_rates must be positive integers, got {atrous_rates!r}; "
+                             "e.g. (12, 24, 36) (torchvision) or (2, 4, 6) (small maps).")
+        channels = model.classifier[0].convs[0][0].in_channels  # 960 MobileNetV3, 2048 ResNet
+        model.classifier = DeepLabHead(channels, num_classes, atrous_rates=rates)
     wrapped = TorchvisionSegmentation(model)
     if pretrained:
         weights = getattr(models, weights_name).IMAGENET1K_V1
