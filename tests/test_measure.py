@@ -79,6 +79,21 @@ def test_latency_accepts_a_plain_function_with_several_inputs_and_sets_threads()
         measure.latency_ms(add, (torch.ones(2), torch.ones(2)), repeats=0)
 
 
+def test_latency_of_a_training_step_keeps_gradients_and_the_mode():
+    clock = FakeClock()
+    model = nn.Linear(2, 1).train()
+    seen = []
+
+    def step():
+        model(torch.ones(1, 2)).sum().backward()  # fails under no_grad
+        seen.append(model.training)
+        clock.now += 0.010
+
+    timing = measure.latency_ms(step, inference=False, warmup=1, repeats=3, clock=clock)
+    assert timing["median"] == pytest.approx(10) and seen == [True] * 4
+    assert model.weight.grad is not None
+
+
 def test_throughput_is_batch_size_over_the_median_latency(monkeypatch):
     monkeypatch.setattr(measure, "latency_ms", lambda *args, **kwargs: {"median": 250.0})
     assert measure.throughput(nn.Identity(), torch.zeros(8, 3, 4, 4)) == pytest.approx(32)

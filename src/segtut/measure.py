@@ -121,22 +121,31 @@ def gflops(model: nn.Module, input_size: Sequence[int] = (1, 3, 360, 480), *,
     return counter.get_total_flops() / 1e9
 
 
-def _synchronize(inputs: tuple) -> None:
-    for tensor in inputs:
-        if isinstance(tensor, torch.Tensor) and tensor.device.type == "cuda":
-            torch.cuda.synchronize(tensor.device)
+def _synchronize(tensors_or_devices: tuple) -> None:
+    """Wait for the CUDA device of the first tensor (or device) given; nothing otherwise."""
+    for item in tensors_or_devices:
+        if isinstance(item, torch.Tensor):
+            item = item.device
+        if isinstance(item, (str, torch.device)):
+            if torch.device(item).type == "cuda":
+                torch.cuda.synchronize(item)
             return
 
 
-def latency_ms(fn_or_model: Callable, inputs: Inputs, *, warmup: int = 3, repeats: int = 10,
-               threads: Optional[int] = None,
+def latency_ms(fn_or_model: Callable, inputs: Inputs = (), *, warmup: int = 3,
+               repeats: int = 10, threads: Optional[int] = None, inference: bool = True,
+               device: Union[str, torch.device, None] = None,
                clock: Callable[[], float] = time.perf_counter) -> dict:
     """Milliseconds per call of ``fn_or_model(*inputs)``: the median of ``repeats`` timed calls.
 
     The first ``warmup`` calls are run and thrown away (they pay for memory allocation, cuDNN's
-    algorithm search and lazy initialisation). Every call runs under ``torch.no_grad()``; a
-    module is put in eval mode for the measurement and given back its previous mode. On CUDA the
-    clock is read only after ``torch.cuda.synchronize``, since kernels run asynchronously.
+    algorithm search and lazy initialisation). With ``inference=True`` (the default) every call
+    runs under ``torch.no_grad()`` and a module is put in eval mode for the measurement, then
+    given back its previous mode. On CUDA the clock is read only after
+    ``torch.cuda.synchronize``, since kernels run asynchronously.
+
+    To time a training step, pass a function that does the whole step and no inputs:
+    ``latency_ms(step, inference=False, warmup=1, repeats=3, device=device)``.
 
     Args:
         fn_or_model: a module or any callable taking ``*inputs``.
@@ -145,6 +154,8 @@ def latency_ms(fn_or_model: Callable, inputs: Inputs, *, warmup: int = 3, repeat
         repeats: timed calls (at least 1).
         threads: run with this many torch CPU threads (restored afterwards); None keeps the
             current ``torch.get_num_threads()``.
+        inference: no gradients and eval mode (True), or run ``fn_or_model`` as it is (False).
+        device: the device to synchronize; None means the device of the first tensor input.
         clock: seconds as a float; ``time.perf_counter`` (tests pass a fake one).
 
     Returns:
@@ -155,13 +166,15 @@ def latency_ms(fn_or_model: Callable, inputs: Inputs, *, warmup: int = 3, repeat
     if repeats < 1:
         raise ValueError(f"latency_ms needs repeats >= 1, got {repeats}.")
     inputs = _as_tuple(inputs)
+    sync = (device,) if device is not None else inputs
     times = []
-    with _threads(threads), _eval_mode(fn_or_model), torch.no_grad():
+    mode = _eval_mode(fn_or_model) if inference else contextlib.nullcontext()
+    with _threads(threads), mode, torch.set_grad_enabled(not inference and torch.is_grad_enabled()):
         for run in range(warmup + repeats):
-            _synchronize(inputs)
+            _synchronize(sync)
             start = clock()
             fn_or_model(*inputs)
-            _synchronize(inputs)
+            _synchronize(sync)
             if run >= warmup:
                 times.append(1000 * (clock() - start))
         used_threads = torch.get_num_threads()
