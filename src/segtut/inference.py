@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segtut.data import IGNORE_INDEX, DataError, list_images, read_image
-from segtut.train import _progress_bar, logits_of
+from segtut.train import progress_bar, logits_of
 from segtut.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
@@ -446,7 +446,7 @@ def predict_folder(model, inputs: str | Path | Iterable[str | Path], out_dir: st
     _prepare_output(out_dir)
     result = FolderResult(out_dir)
     images = _expand(inputs, result.failed)
-    for path, name in zip(_progress_bar(images, "predict", progress), _unique_names(images)):
+    for path, name in zip(progress_bar(images, "predict", progress), _unique_names(images)):
         try:
             pixels = as_image_tensor(path)  # (3, H, W) uint8
             prediction = predict_image(model, pixels, **options)

@@ -80,7 +80,8 @@ def one_cycle_schedule(optimizer: torch.optim.Optimizer, total_steps: int,
                                                pct_start=0.3)
 
 
-def _progress_bar(iterable, description: str, progress: bool):
+def progress_bar(iterable, description: str, progress: bool):
+    """``iterable`` wrapped in a tqdm bar, unless ``progress`` is False or ``$TQDM_DISABLE`` is set."""
     # TQDM_DISABLE=1 silences the bars too (the notebook runner sets it for stored outputs).
     disable = not progress or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
     return tqdm(iterable, desc=description, leave=False, disable=disable)
@@ -134,7 +135,7 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: Callable, optimizer: torc
         ignore_index = _ignore_index_of(loss_fn)
     model.train()
     total_loss, steps, images_seen, skipped, start = 0.0, 0, 0, 0, time.perf_counter()
-    bar = _progress_bar(loader, description, progress)
+    bar = progress_bar(loader, description, progress)
     for images, masks in bar:
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         if ignore_index is not None and not bool((masks != ignore_index).any()):
@@ -251,7 +252,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, *, num_classes: int
     """
     matrix = ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
     total_loss, loss_batches, batches, start = 0.0, 0, 0, time.perf_counter()
-    for images, masks in _progress_bar(loader, "eval", progress):
+    for images, masks in progress_bar(loader, "eval", progress):
         images, masks = images.to(device), masks.to(device)
         logits = predict(model, images, size=tuple(masks.shape[-2:]), amp=amp)  # (N, C, H, W)
         if loss_fn is not None and (ignore_index is None or bool((masks != ignore_index).any())):

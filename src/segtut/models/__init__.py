@@ -26,6 +26,7 @@ from segtut.models.fcn import FCN8s, fcn8s_separable
 from segtut.models.library import smp_fpn, smp_segformer, smp_unet, torchvision_deeplabv3
 from segtut.models.mobilenetv2_unet import mobilenetv2_unet
 from segtut.models.unet import UNet
+from segtut.measure import count_parameters  # noqa: F401 - re-exported, one definition
 
 
 def _from_scratch(name: str, builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -79,8 +80,3 @@ def build_model(name: str, num_classes: int, **options) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"Unknown model {name!r}. Valid choices: {', '.join(sorted(MODELS))}.")
     return MODELS[name](num_classes=num_classes, **options)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
