@@ -93,3 +93,13 @@ def test_masks_that_cannot_be_class_ids_are_refused():
             transform(image, torch.zeros(3, 20, 30, dtype=torch.uint8))
         with pytest.raises(TypeError, match="tv_tensors.Mask"):
             transform(image, mask.numpy())
+
+
+def test_eval_transform_with_an_int_resizes_the_shorter_side_and_keeps_the_mask():
+    from segtut.transforms import EvalTransform
+
+    image = torch.randint(0, 256, (3, 300, 400), dtype=torch.uint8)
+    mask = torch.zeros(300, 400, dtype=torch.int64)
+    out_image, out_mask = EvalTransform(150)(image, mask)
+    assert tuple(out_image.shape) == (3, 150, 200)  # aspect ratio kept
+    assert tuple(out_mask.shape) == (300, 400)  # the metric's resolution is untouched

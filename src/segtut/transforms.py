@@ -156,9 +156,16 @@ class EvalTransform:
 
     Metrics are computed at the label's own resolution: the model's logits are upsampled to the
     mask, never the mask downsampled to the logits.
+
+    Args:
+        size: ``(height, width)`` of the model input; an int resizes the shorter side to it
+            and keeps the aspect ratio (data sets whose images have many shapes: evaluate
+            them with ``batch_size=1``); None keeps the image as it is.
     """
 
-    def __init__(self, size: tuple[int, int] | None):
+    def __init__(self, size: tuple[int, int] | int | None):
+        if isinstance(size, int):
+            size = (size,)  # torchvision: one number = the shorter side
         self.size = size
         self.to_input = v2.Compose(_to_model_input())
 
