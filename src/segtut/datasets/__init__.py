@@ -1,0 +1,1 @@
+"""Data sets beyond CamVid (integrator fills this in)."""
