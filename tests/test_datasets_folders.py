@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from segtut.datasets.folders import MaskFolder, _nearest_colour, default_palette
+from segtut.datasets.colours import colours_to_ids
+from segtut.datasets.folders import MaskFolder, default_palette
 from segtut.datasets.labels import IGNORE_INDEX
 from segtut.errors import DataError, DataWarning
 
@@ -150,7 +151,7 @@ def test_palette_with_an_extra_colour_for_the_ignore_label(tmp_path):
 
 def test_nearest_colour_helper_uses_distinct_colours():
     rgb = np.array([[[0, 0, 0], [190, 40, 20]], [[28, 205, 31], [0, 0, 0]]], np.uint8)
-    index, distance = _nearest_colour(rgb, PALETTE)
+    index, distance = colours_to_ids(rgb, PALETTE)
     assert index.tolist() == [[0, 1], [2, 0]] and index.dtype == np.int64
     assert distance.dtype == np.float32 and distance[0, 0] == 0 and distance[0, 1] > 0
 

@@ -30,6 +30,7 @@ from torchvision import tv_tensors
 
 from segtut.data import (_by_stem, _decode, describe_bad_mask, list_images, read_image,
                          read_mask)
+from segtut.datasets.colours import colours_to_ids
 from segtut.datasets.describe import same_aspect
 from segtut.datasets.labels import IGNORE_INDEX
 from segtut.errors import DataError, DataWarning
@@ -66,33 +67,6 @@ def default_palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:
             value >>= 3
         colours.append((r, g, b))
     return tuple(colours)
-
-
-def _nearest_colour(rgb: np.ndarray, palette: Sequence[Sequence[int]]
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """The index of the nearest palette colour for every pixel.
-
-    Distances are computed once per DISTINCT colour (``np.unique`` inverse), not per pixel: a
-    mask has few colours, even with JPEG noise, so this is fast on large masks.
-
-    Args:
-        rgb: uint8 ``(H, W, 3)``.
-        palette: ``K`` RGB triples.
-
-    Returns:
-        ``(index, distance)``: int64 ``(H, W)`` in ``0 .. K-1``, and float32 ``(H, W)``, the
-        Euclidean RGB distance to that palette colour.
-    """
-    pixels = rgb.reshape(-1, 3).astype(np.uint32)
-    keys = (pixels[:, 0] << 16) | (pixels[:, 1] << 8) | pixels[:, 2]  # one int per colour
-    unique, inverse = np.unique(keys, return_inverse=True)
-    colours = np.stack([(unique >> 16) & 255, (unique >> 8) & 255, unique & 255], axis=1)
-    table = np.asarray(palette, dtype=np.float32).reshape(-1, 3)
-    distances = np.linalg.norm(colours[:, None, :].astype(np.float32) - table[None], axis=2)
-    nearest = distances.argmin(axis=1)
-    shape = rgb.shape[:2]
-    return (nearest[inverse].reshape(shape).astype(np.int64),
-            distances[np.arange(len(unique)), nearest][inverse].reshape(shape).astype(np.float32))
 
 
 def _header(path: Path) -> Optional[tuple[tuple[int, int], Optional[str]]]:
@@ -482,7 +456,7 @@ class MaskFolder(Dataset):
 
     def _colours_to_ids(self, rgb: np.ndarray, path: Path, lossless: bool) -> np.ndarray:
         """RGB ``(H, W, 3)`` uint8 to class ids by the nearest palette colour."""
-        index, distance = _nearest_colour(rgb, self.palette)
+        index, distance = colours_to_ids(rgb, self.palette)
         if lossless and float(distance.max()) > FAR_COLOUR:
             far = np.unique(rgb[distance > FAR_COLOUR].reshape(-1, 3), axis=0)[:5].tolist()
             raise DataError(f"Mask {path} has colours such as {far} that are far (more than "
