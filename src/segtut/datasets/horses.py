@@ -66,8 +66,9 @@ IMAGES, MASKS = "rgb", "figure_ground"
 HORSE_COUNT = 328
 HORSE_CLASS_NAMES = ("background", "horse")
 HORSE_NUM_CLASSES = len(HORSE_CLASS_NAMES)
-#: Display colours: background black, horse a horse-brown.
-HORSE_PALETTE = ((0, 0, 0), (170, 110, 40))
+#: Display colours: background a blue-grey, horse a horse-brown (black is void in every
+#: segtut figure, so no class is black).
+HORSE_PALETTE = ((90, 110, 140), (200, 120, 30))
 #: Byte-identical photos under two names in the real data set.
 HORSE_DUPLICATES = (("horse006", "horse018"), ("horse240", "horse274"))
 #: A file of this name marks a folder of SYNTHETIC horses (the smoke fallback).
