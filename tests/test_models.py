@@ -23,6 +23,7 @@ SMALL = {
     "fc_densenet67": dict(first_channels=8, growth_rate=4),
     "fc_densenet103": dict(first_channels=8, growth_rate=4),
     "densenet_unet": dict(pretrained=False, decoder_channels=(32, 16, 16, 8)),
+    "pspnet": dict(pretrained=False, backbone="resnet18", head_channels=32),
 }
 
 

@@ -50,6 +50,7 @@ smp_segformer     FAIL (c)              FAIL at 64x96 (d); pass (4e-06) exported
 deeplabv3         pass (1e-08)          pass (1e-08)
 mobilenetv2_unet  pass (9e-08)          pass (9e-08)
 densenet_unet     pass (3e-06)          pass (3e-06)
+pspnet            FAIL (e)              FAIL (f)
 ================  ====================  ======================================================
 
 (a) The export succeeds, but onnxruntime fails at 67x93 ("Attempting to broadcast an axis by a
@@ -61,6 +62,11 @@ densenet_unet     pass (3e-06)          pass (3e-06)
     heights and widths that are multiples of 4: a 67x93 input gave 64x92 logits). At 70x90
     ``torch.export`` fails as in (a).
 (d) 64x92 logits for a 67x93 input: no padding in the traced graph.
+(e) pspnet with ``backbone="resnet18"``: no error at 1x3x67x93, then onnxruntime fails at
+    2x3x96x130 ("invalid index found" in a GatherND node), probably in the pyramid's adaptive
+    pooling (the model's only size-dependent pooling; not traced further). Exported with
+    ``dynamic=False`` at 64x96 it passes (9e-07) at that size.
+(f) The export fails: "ONNX export of operator adaptive_avg_pool2d, input size not accessible".
 
 For smp_fpn and smp_segformer, use ``export_onnx(model, path, exporter="torchscript",
 input_size=(1, 3, 180, 240))`` (any height and width that are not multiples of 32) and check

@@ -7,8 +7,9 @@ Every entry has one signature, ``(num_classes, *, pretrained, in_channels, **opt
 nn.Module``, and its model maps images ``(N, in_channels, H, W)`` to logits
 ``(N, num_classes, H, W)`` at the input size:
 
-* ``pretrained``: the library models and the U-Nets on torchvision encoders default to True
-  (ImageNet weights, with the offline fallback of :mod:`segtut.weights`); the from-scratch
+* ``pretrained``: the library models and the models on torchvision encoders (the U-Nets,
+  PSPNet) default to True (ImageNet weights, with the offline fallback of
+  :mod:`segtut.weights`); the from-scratch
   models (U-Net, FCN-8s, FC-DenseNet) default to False and raise ValueError for True, since no
   pretrained weights exist for them.
 * ``in_channels``: 3 by default; from-scratch models are built for it, pretrained ones have their
@@ -25,6 +26,7 @@ from segtut.models.fc_densenet import densenet_unet, fc_densenet56, fc_densenet6
 from segtut.models.fcn import FCN8s, fcn8s_separable
 from segtut.models.library import smp_fpn, smp_segformer, smp_unet, torchvision_deeplabv3
 from segtut.models.mobilenetv2_unet import mobilenetv2_unet
+from segtut.models.pspnet import pspnet
 from segtut.models.unet import UNet
 from segtut.measure import count_parameters  # noqa: F401 - re-exported, one definition
 
@@ -68,6 +70,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     # From-scratch decoders on torchvision encoders (same pretrained=True behaviour as above).
     "mobilenetv2_unet": mobilenetv2_unet,
     "densenet_unet": densenet_unet,  # backbone="densenet121" / "densenet169" / "densenet201"
+    # PSPNet (Zhao et al., 2017): dilated torchvision ResNet, pyramid pooling, optional aux head.
+    "pspnet": pspnet,  # backbone="resnet18" / "resnet34" / "resnet50" / "resnet101"
 }
 
 
