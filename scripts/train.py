@@ -51,7 +51,7 @@ WIDTH_OPTION = {"unet": "base_channels", "fcn8s": "base_channels",
 CHECKPOINT_NAME, BEST_NAME, MODEL_FOLDER = "checkpoint.pt", "best.pt", "model"
 
 
-def size_pair(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"sizes must be positive, got {text}")
@@ -81,8 +81,8 @@ def parser() -> argparse.ArgumentParser:
                       "trainannot/, ...) read as it is: a subset, SYNTHETIC scenes "
                       "(segtut.synthetic.write_synthetic_camvid) or your own frames; replaces "
                       "--data-dir, nothing is downloaded")
-    data.add_argument("--image-size", nargs=2, type=size_pair, metavar=("H", "W"))
-    data.add_argument("--crop-size", nargs=2, type=size_pair, metavar=("H", "W"))
+    data.add_argument("--image-size", nargs=2, type=positive_int, metavar=("H", "W"))
+    data.add_argument("--crop-size", nargs=2, type=positive_int, metavar=("H", "W"))
     data.add_argument("--train-images", type=int, help="use only the first N training images")
     data.add_argument("--eval-images", type=int, help="use only the first N val and test images")
     data.add_argument("--num-workers", type=int)
@@ -154,7 +154,11 @@ def resolve(args: argparse.Namespace, error) -> dict:
     except ValueError as problem:
         error(str(problem))
     defaults = PROFILE_SETTINGS[profile]
-    pick = lambda name: defaults[name] if getattr(args, name) is None else getattr(args, name)  # noqa: E731
+
+    def pick(name: str):
+        given = getattr(args, name)
+        return defaults[name] if given is None else given
+
     settings = {
         "model": args.model, "encoder": args.encoder, "pretrained": args.pretrained,
         "profile": profile,
@@ -171,8 +175,9 @@ def resolve(args: argparse.Namespace, error) -> dict:
         "patience": args.patience, "resume": args.resume, "device": args.device,
         "amp": args.amp, "amp_dtype": args.amp_dtype, "channels_last": args.channels_last,
         "compile": args.compile, "sync_batchnorm": args.sync_batchnorm,
-        "data_dir": args.data_dir, "camvid_root": args.camvid_root, "output_dir": args.output_dir, "track": args.track,
-        "experiment": args.experiment, "progress": args.progress,
+        "data_dir": args.data_dir, "camvid_root": args.camvid_root,
+        "output_dir": args.output_dir, "track": args.track, "experiment": args.experiment,
+        "progress": args.progress,
     }
     for name in ("epochs", "batch_size", "accumulation_steps"):
         if settings[name] < 1:
@@ -316,7 +321,11 @@ def train(settings: dict) -> dict:
 
         seed_everything(settings["seed"])  # the same initial weights on every process
         options = model_options(settings)
-        model = build_model(settings["model"], NUM_CLASSES, **options).to(context.device)
+        try:
+            model = build_model(settings["model"], NUM_CLASSES, **options)
+        except ValueError as problem:  # e.g. --pretrained for a model trained from scratch
+            raise SystemExit(f"Cannot build {settings['model']!r} with {options}: {problem}")
+        model = model.to(context.device)
         loss_fn = build_loss(settings["loss"], ignore_index=IGNORE_INDEX)
         if isinstance(model, TorchvisionSegmentation):  # DeepLabV3's auxiliary head learns too
             loss_fn = AuxLoss(loss_fn, model)
