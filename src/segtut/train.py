@@ -365,7 +365,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, *, num_classes: int
         ``{"loss", "pixel_accuracy", "mean_iou", "mean_dice", "mean_accuracy", "iou" (list),
         "dice" (list), "confusion" (C x C list of ints), "ignored_pixels" (int),
         "label_problems" (list of str), "seconds"}``; ``loss`` is NaN without ``loss_fn`` and
-        averages the batches that have labelled pixels.
+        averages the batches that have labelled pixels (of all ranks, when distributed).
     """
     matrix = ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
     total_loss, loss_batches, batches, start = 0.0, 0, 0, time.perf_counter()
@@ -544,7 +544,9 @@ def fit(model: nn.Module, train_loader, val_loader, *, loss_fn: Callable,
             loss divided by it: a larger effective batch than fits in memory (see
             :func:`train_one_epoch`). Schedules count optimiser steps.
         channels_last: model and images in ``torch.channels_last`` memory format (faster
-            convolutions on recent GPUs with AMP; the same numbers).
+            convolutions on recent GPUs with AMP; the same numbers). Distributed, convert the
+            model before :func:`~segtut.distributed.wrap_model` too, so DDP's gradient buckets
+            are laid out for it.
         compile: train and evaluate through ``torch.compile(model)`` (the first batches are
             slow while it compiles; needs a C++ compiler on CPUs). Checkpoints hold the plain
             weights.
