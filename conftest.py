@@ -12,6 +12,8 @@ def pytest_configure(config):
     # Deselect it with: pytest -m "not website"
     config.addinivalue_line(
         "markers", "website: builds the book and checks the rendered site in headless Chromium")
+    # Deselect with: pytest -m "not slow" (e.g. torch.compile's C++ code generation, ~30 s).
+    config.addinivalue_line("markers", "slow: a test that takes more than ~20 s on a small CPU")
     # Notebooks run under nbval in the fast smoke profile, without progress bars, never trying
     # to download; their kernels inherit these. Set SEGTUT_PROFILE yourself to run them another way.
     os.environ.setdefault("SEGTUT_PROFILE", "smoke")

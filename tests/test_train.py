@@ -1,6 +1,7 @@
 """The training loop: it can learn, it evaluates at native size, and it resumes exactly."""
 
 import math
+import os
 import warnings
 
 import pytest
@@ -258,3 +259,200 @@ def test_resume_past_the_requested_epochs_warns(tmp_path):
     with pytest.warns(UserWarning, match="already holds 2 epochs.*epochs=1: nothing was trained"):
         _, _, history = run(1, tmp_path / "c.pt", resume=True)
     assert len(history) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# fit's options: accumulation, channels_last, compile, amp_dtype, best epoch, early stopping
+# ---------------------------------------------------------------------------------------------
+
+def tiny_net():
+    """No BatchNorm (its statistics depend on the batch size), so batch sizes can be compared."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(4, 3, 1))
+
+
+def test_two_accumulated_batches_of_b_train_like_one_batch_of_2b():
+    # Exact for a mean loss only when each batch has as many labelled pixels (here: every
+    # image has one void row), since the mean over 2B is then the mean of the two B-means.
+    data = toy_data(8)
+    loss_fn = build_loss("ce", ignore_index=IGNORE)
+    results = {}
+    for batch, steps in ((2, 2), (4, 1)):
+        model = tiny_net()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+        info = train_one_epoch(model, DataLoader(data, batch_size=batch), loss_fn, optimizer,
+                               CPU, scheduler=scheduler, progress=False,
+                               accumulation_steps=steps)
+        results[batch] = (model, info, optimizer.param_groups[0]["lr"])
+    (small, small_info, small_lr), (large, large_info, large_lr) = results[2], results[4]
+    assert small_info["steps"] == large_info["steps"] == 2 and small_info["batches"] == 4
+    assert small_lr == large_lr == 0.125  # the scheduler follows the optimiser steps
+    for a, b in zip(small.parameters(), large.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(next(tiny_net().parameters()), next(small.parameters()))
+
+
+def test_accumulation_steps_on_the_last_batch_and_counts_max_steps_in_steps():
+    model = tiny_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(toy_data(6), batch_size=2)  # 3 batches
+    info = train_one_epoch(model, loader, build_loss("ce", ignore_index=IGNORE), optimizer,
+                           CPU, progress=False, accumulation_steps=2)
+    assert (info["steps"], info["batches"]) == (2, 3)  # 2 + the last one alone
+    info = train_one_epoch(model, loader, build_loss("ce", ignore_index=IGNORE), optimizer,
+                           CPU, progress=False, accumulation_steps=2, max_steps=1)
+    assert (info["steps"], info["batches"]) == (1, 2)
+    with pytest.raises(ValueError, match="accumulation_steps"):
+        train_one_epoch(model, loader, build_loss("ce", ignore_index=IGNORE), optimizer, CPU,
+                        accumulation_steps=0)
+
+
+def fit_tiny(model, epochs=2, **kwargs):
+    loader = DataLoader(toy_data(4), batch_size=2)
+    return fit(model, loader, loader, loss_fn=build_loss("ce", ignore_index=IGNORE),
+               optimizer=torch.optim.SGD(model.parameters(), lr=0.2), epochs=epochs,
+               device=CPU, seed=0, num_classes=3, ignore_index=IGNORE, progress=False,
+               log=None, **kwargs)
+
+
+def test_channels_last_changes_the_layout_not_the_numbers():
+    plain, fast = tiny_net(), tiny_net()
+    layouts = []
+    fast[0].register_forward_pre_hook(lambda module, args: layouts.append(
+        args[0].is_contiguous(memory_format=torch.channels_last)))
+    plain_history, fast_history = fit_tiny(plain), fit_tiny(fast, channels_last=True)
+    assert layouts and all(layouts)
+    assert fast[0].weight.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(plain.parameters(), fast.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert fast_history[-1]["val_mean_iou"] == pytest.approx(plain_history[-1]["val_mean_iou"])
+
+
+def test_on_epoch_end_gets_each_row_and_set_epoch_is_called():
+    epochs_set = []
+
+    class EpochSampler(torch.utils.data.SequentialSampler):
+        def set_epoch(self, epoch):
+            epochs_set.append(epoch)
+
+    data = toy_data(4)
+    loader = DataLoader(data, batch_size=2, sampler=EpochSampler(data))
+    model = tiny_net()
+    rows = []
+    history = fit(model, loader, loader, loss_fn=build_loss("ce", ignore_index=IGNORE),
+                  optimizer=torch.optim.SGD(model.parameters(), lr=0.1), epochs=3, device=CPU,
+                  seed=0, num_classes=3, ignore_index=IGNORE, progress=False, log=None,
+                  on_epoch_end=rows.append)
+    assert rows == history and len(rows) == 3 and epochs_set == [0, 1, 2]
+
+
+def test_amp_dtype_choices_are_checked():
+    model = tiny_net()
+    with pytest.raises(ValueError, match=r"'fp32'.*\['bf16', 'fp16'\]"):
+        fit_tiny(model, amp=True, amp_dtype="fp32")
+    with pytest.raises(ValueError, match="fp16.*CUDA.*bf16"):
+        fit_tiny(model, amp=True, amp_dtype="fp16")
+    history = fit_tiny(model, epochs=1, amp=True, amp_dtype="bf16")  # CPU bf16 autocast
+    assert math.isfinite(history[0]["train_loss"])
+    with pytest.raises(ValueError, match="'val_iou' is not one of"):
+        fit_tiny(model, select_best="val_iou")
+    with pytest.raises(ValueError, match="patience=2 needs select_best"):
+        fit_tiny(model, patience=2)
+
+
+def compile_and_compare(tmp_path):
+    plain, compiled = tiny_net(), tiny_net()
+    fit_tiny(plain, epochs=1)
+    history = fit_tiny(compiled, epochs=1, compile=True, checkpoint_path=tmp_path / "c.pt")
+    for a, b in zip(plain.parameters(), compiled.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert math.isfinite(history[0]["val_mean_iou"])
+    state = load_checkpoint(tmp_path / "c.pt", tiny_net())  # plain keys, no "_orig_mod."
+    assert state["epoch"] == 1
+
+
+def test_compile_trains_the_same_model(tmp_path, monkeypatch):
+    # Dynamo's graph capture with the "eager" backend: fit's wiring in a few seconds, without
+    # the C++ code generation that takes ~30 s on a small CPU (the slow test below).
+    compiled_modules = []
+    real_compile = torch.compile
+
+    def eager_compile(model, **kwargs):
+        compiled_modules.append(model)
+        return real_compile(model, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    compile_and_compare(tmp_path)
+    assert len(compiled_modules) == 1
+
+
+@pytest.mark.slow
+def test_compile_with_inductor_trains_the_same_model(tmp_path):
+    import shutil
+
+    if shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("cc") is None:
+        pytest.skip("torch.compile on the CPU needs a C++ compiler (g++ or cc); none found")
+    compile_and_compare(tmp_path)
+
+
+SCORES = [0.5, 0.8, 0.3, 0.2, 0.1, 0.9]  # epoch 2 is best until epoch 6
+
+
+def scripted_evaluate(monkeypatch, start=0):
+    """evaluate() returning SCORES as val mIoU, one per epoch, from epoch ``start + 1``."""
+    calls = iter(SCORES[start:])
+
+    def fake(*args, **kwargs):
+        return {"loss": 1.0, "mean_iou": next(calls), "pixel_accuracy": 0.5,
+                "label_problems": [], "seconds": 0.0}
+
+    monkeypatch.setattr("segtut.train.evaluate", fake)
+
+
+def snapshot_each_epoch(model, snapshots):
+    return lambda row: snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+
+
+def test_select_best_restores_the_best_epoch_and_patience_stops(monkeypatch, tmp_path):
+    scripted_evaluate(monkeypatch)
+    model, snapshots = tiny_net(), []
+    history = fit_tiny(model, epochs=6, select_best="val_mean_iou", patience=2,
+                       best_checkpoint_path=tmp_path / "best.pt",
+                       on_epoch_end=snapshot_each_epoch(model, snapshots))
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]  # 2 epochs without a new best
+    assert [row["best_epoch"] for row in history] == [1, 2, 2, 2]
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, snapshots[1][name])  # epoch 2's weights, not epoch 4's
+        assert not torch.equal(value, snapshots[3][name])
+    fresh = tiny_net()
+    assert load_checkpoint(tmp_path / "best.pt", fresh)["epoch"] == 2
+    for name, value in fresh.state_dict().items():
+        assert torch.equal(value, snapshots[1][name])
+
+
+def test_resume_keeps_the_best_epoch(monkeypatch, tmp_path):
+    options = dict(select_best="val_mean_iou", patience=3, checkpoint_path=tmp_path / "run.pt",
+                   best_checkpoint_path=tmp_path / "best.pt")
+    scripted_evaluate(monkeypatch)
+    straight, straight_snapshots = tiny_net(), []
+    straight_history = fit_tiny(straight, epochs=6, **options,
+                                on_epoch_end=snapshot_each_epoch(straight, straight_snapshots))
+    assert [row["best_epoch"] for row in straight_history] == [1, 2, 2, 2, 2]  # stops at 5
+
+    (tmp_path / "run.pt").unlink()
+    scripted_evaluate(monkeypatch)
+    fit_tiny(tiny_net(), epochs=3, **options)  # "killed" after epoch 3, best epoch 2
+    scripted_evaluate(monkeypatch, start=3)
+    resumed = tiny_net()
+    resumed_history = fit_tiny(resumed, epochs=6, resume=True, **options)
+    timing = ("train_seconds", "train_seconds_total", "eval_seconds")
+    assert [{k: v for k, v in row.items() if k not in timing} for row in resumed_history] == \
+        [{k: v for k, v in row.items() if k not in timing} for row in straight_history]
+    for name, value in resumed.state_dict().items():
+        assert torch.equal(value, straight_snapshots[1][name])  # epoch 2's, from best.pt
+
+    (tmp_path / "best.pt").unlink()  # the best weights are gone: say so, do not guess
+    with pytest.raises(CheckpointError, match="epoch 2 was the best.*best.pt.*does not exist"):
+        fit_tiny(tiny_net(), epochs=8, resume=True, **options)
