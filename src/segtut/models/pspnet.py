@@ -1,5 +1,8 @@
 """PSPNet, the Pyramid Scene Parsing Network (Zhao et al., CVPR 2017), written by hand.
 
+Chapter 11b (``notebooks/11b_pspnet.ipynb``) shows this code cell by cell; a test keeps the
+notebook and this file identical, so edit both together.
+
 A dilated ResNet encoder (torchvision's, optionally with its ImageNet weights) keeps the feature
 map at 1/8 of the input size instead of 1/32; a pyramid pooling module adds context from the
 whole image to every position of that map; a 3x3 convolution and a 1x1 classifier turn it into
@@ -44,6 +47,8 @@ from torchvision import models
 
 __all__ = ["BACKBONES", "OUTPUT_STRIDES", "PyramidPooling", "DilatedResNet", "dilate_stage",
            "PSPNet", "pspnet"]
+
+# %% notebook-copy starts here
 
 #: backbone name -> name of torchvision's ImageNet weights enum (``IMAGENET1K_V1`` is used).
 BACKBONES = {
