@@ -38,7 +38,8 @@ from segtut.errors import CamVidNotFound, DataError, DataWarning
 __all__ = [
     "CLASS_NAMES", "NUM_CLASSES", "IGNORE_INDEX", "VOID_NAME", "PALETTE", "SPLITS",
     "IMAGE_SUFFIXES", "SYNTHETIC_MARKER", "DataError", "DataWarning", "CamVidNotFound",
-    "read_image", "read_mask", "describe_bad_mask", "list_images", "SegmentationFolder", "CamVid",
+    "read_image", "read_mask", "describe_bad_mask", "list_images", "pair_by_stem",
+    "PairDataset", "SegmentationFolder", "CamVid",
 ]
 
 #: The 11 CamVid classes of the SegNet split, in label-id order.
@@ -267,7 +268,77 @@ def _by_stem(files: list[Path], folder: Path, kind: str) -> dict[str, Path]:
     return {stem: paths[0] for stem, paths in by_stem.items()}
 
 
-class SegmentationFolder(Dataset):
+def pair_by_stem(images_dir: Path, masks_dir: Path, *, mask_kind: str = "mask",
+                 missing_fix: str = "Add the masks or remove those images.",
+                 orphan_fix: str = "An image was renamed or deleted: restore it, or remove "
+                                   "those masks.",
+                 empty_fix: str = "") -> tuple[list[Path], list[Path]]:
+    """Pair every image of ``images_dir`` with the file of the same stem in ``masks_dir``.
+
+    ``images/0001.jpg`` pairs with ``masks/0001.png``. Nothing is dropped silently: an image
+    without a mask, a mask without an image (usually a renamed or deleted image), two files
+    with one stem and an empty folder are :class:`DataError`\ s naming the files; the
+    ``*_fix`` texts end each message with what to do for this kind of data set.
+
+    Returns:
+        ``(images, masks)``: two lists of paths of the same length, sorted by image name.
+    """
+    images = list_images(images_dir)
+    by_image = _by_stem(images, images_dir, "image")
+    masks = _by_stem(list_images(masks_dir), masks_dir, mask_kind)
+    missing = [p.name for p in images if p.stem not in masks]
+    if missing:
+        raise DataError(f"{len(missing)} image(s) in {images_dir} have no {mask_kind} with the "
+                        f"same name in {masks_dir}, e.g. {missing[:3]}. {missing_fix}")
+    orphans = sorted(p.name for stem, p in masks.items() if stem not in by_image)
+    if orphans:
+        raise DataError(f"{len(orphans)} {mask_kind}(s) in {masks_dir} have no image with the "
+                        f"same name in {images_dir}, e.g. {orphans[:3]}. {orphan_fix}")
+    if not images:
+        raise DataError(f"No images ({', '.join(IMAGE_SUFFIXES)}) found in {images_dir}. "
+                        f"{empty_fix}".rstrip())
+    return images, [masks[p.stem] for p in images]
+
+
+class PairDataset(Dataset):
+    """What every segtut dataset shares: one item per entry of ``images``, an optional
+    in-memory cache of decoded pairs, and the joint transform.
+
+    A subclass sets ``images`` (list of paths), ``transform`` and ``_cache`` (``{}`` to cache,
+    None not to) and implements :meth:`_read`, which returns one checked pair: uint8
+    ``(3, H, W)`` image and ``(H, W)`` class-id mask (uint8 where every label fits).
+    :meth:`load` is :meth:`_read` through the cache; ``dataset[i]`` is :meth:`load`, the mask
+    as int64, then the transform.
+    """
+
+    images: list
+    transform: Optional[Callable] = None
+    _cache: Optional[dict] = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _read(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        raise NotImplementedError
+
+    def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        """One checked pair without the transform (from the cache when it is on)."""
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        pair = self._read(index)
+        if self._cache is not None:
+            self._cache[index] = pair
+        return pair
+
+    def __getitem__(self, index: int):
+        image, mask = self.load(index)
+        mask = tv_tensors.Mask(mask.long())  # (H, W) int64
+        if self.transform is not None:
+            return self.transform(image, mask)
+        return image, mask
+
+
+class SegmentationFolder(PairDataset):
     """Images in one folder, masks with the same file stem in another.
 
     ``images/0001.jpg`` pairs with ``masks/0001.png``. Names are matched when the dataset is
@@ -304,31 +375,11 @@ class SegmentationFolder(Dataset):
                                 "images and a folder of masks with matching file names.")
         self.transform = transform
         self.num_classes, self.ignore_index = num_classes, ignore_index
-        self.images = list_images(self.images_dir)
-        images = _by_stem(self.images, self.images_dir, "image")
-        masks = _by_stem(list_images(self.masks_dir), self.masks_dir, "mask")
-        missing = [p.name for p in self.images if p.stem not in masks]
-        if missing:
-            raise DataError(f"{len(missing)} image(s) in {self.images_dir} have no mask with the "
-                            f"same name in {self.masks_dir}, e.g. {missing[:3]}. Add the masks or "
-                            "remove those images.")
-        orphans = sorted(p.name for stem, p in masks.items() if stem not in images)
-        if orphans:
-            raise DataError(f"{len(orphans)} mask(s) in {self.masks_dir} have no image with the "
-                            f"same name in {self.images_dir}, e.g. {orphans[:3]}. An image was "
-                            "renamed or deleted: restore it, or remove those masks.")
-        if not self.images:
-            raise DataError(f"No images ({', '.join(IMAGE_SUFFIXES)}) found in {self.images_dir}.")
-        self.masks = [masks[p.stem] for p in self.images]
-        self._cache: dict[int, tuple] = {} if cache else None
+        self.images, self.masks = pair_by_stem(self.images_dir, self.masks_dir)
+        self._cache = {} if cache else None
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+    def _read(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         """Read and check one pair, without the transform."""
-        if self._cache is not None and index in self._cache:
-            return self._cache[index]
         image = read_image(self.images[index])
         mask = read_mask(self.masks[index], self.num_classes, self.ignore_index)
         if image.shape[-2:] != mask.shape[-2:]:
@@ -338,17 +389,7 @@ class SegmentationFolder(Dataset):
         # Store masks as uint8 only when every valid label fits (no silent wrap-around).
         fits_uint8 = self.num_classes <= 256 and (self.ignore_index is None
                                                   or 0 <= self.ignore_index < 256)
-        pair = (image, tv_tensors.Mask(mask.to(torch.uint8) if fits_uint8 else mask))
-        if self._cache is not None:
-            self._cache[index] = pair
-        return pair
-
-    def __getitem__(self, index: int):
-        image, mask = self.load(index)
-        mask = tv_tensors.Mask(mask.long())  # (H, W) int64
-        if self.transform is not None:
-            return self.transform(image, mask)
-        return image, mask
+        return image, tv_tensors.Mask(mask.to(torch.uint8) if fits_uint8 else mask)
 
 
 class CamVid(SegmentationFolder):

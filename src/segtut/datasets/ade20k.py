@@ -20,11 +20,10 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from segtut import config
-from segtut.data import _by_stem, list_images, read_image, read_mask
+from segtut.data import PairDataset, pair_by_stem, read_image, read_mask
 from segtut.datasets.labels import IGNORE_INDEX
 from segtut.errors import DataError
 
@@ -126,7 +125,7 @@ def ade20k_root(data_dir: str | Path | None = None) -> Path:
     return root
 
 
-class ADE20K(Dataset):
+class ADE20K(PairDataset):
     """ADE20K SceneParse150: ``images/<folder>/*.jpg`` with ``annotations/<folder>/*.png``.
 
     Photos and annotations are matched by file name (``ADE_train_00000001``); a photo without
@@ -160,33 +159,17 @@ class ADE20K(Dataset):
         for folder in (images_dir, masks_dir):
             if not folder.is_dir():
                 raise DataError(f"Folder not found: {folder}. " + _help(self.root))
-        self.images = list_images(images_dir)
-        if not self.images:
-            raise DataError(f"No images in {images_dir}. " + _help(self.root))
-        images = _by_stem(self.images, images_dir, "image")
-        masks = _by_stem(list_images(masks_dir), masks_dir, "annotation")
-        missing = [p.name for p in self.images if p.stem not in masks]
-        if missing:
-            raise DataError(f"{len(missing)} image(s) in {images_dir} have no annotation with "
-                            f"the same name in {masks_dir}, e.g. {missing[:3]}. Unzip the "
-                            "release again, or remove those images.")
-        orphans = sorted(p.name for stem, p in masks.items() if stem not in images)
-        if orphans:
-            raise DataError(f"{len(orphans)} annotation(s) in {masks_dir} have no image with "
-                            f"the same name in {images_dir}, e.g. {orphans[:3]}. Unzip the "
-                            "release again, or remove those annotations.")
+        self.images, self.masks = pair_by_stem(
+            images_dir, masks_dir, mask_kind="annotation",
+            missing_fix="Unzip the release again, or remove those images.",
+            orphan_fix="Unzip the release again, or remove those annotations.",
+            empty_fix=_help(self.root))
         if limit is not None:
-            self.images = self.images[:limit]
-        self.masks = [masks[p.stem] for p in self.images]
-        self._cache: Optional[dict] = {} if cache else None
+            self.images, self.masks = self.images[:limit], self.masks[:limit]
+        self._cache = {} if cache else None
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+    def _read(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         """One pair without the transform: uint8 ``(3, H, W)`` and uint8 ``(H, W)`` class ids."""
-        if self._cache is not None and index in self._cache:
-            return self._cache[index]
         image = read_image(self.images[index])
         # Values 0..150 are annotation values ("other" + 150 classes); read_mask checks them.
         annotation = read_mask(self.masks[index], num_classes=NUM_CLASSES + 1, ignore_index=None)
@@ -196,14 +179,4 @@ class ADE20K(Dataset):
                             f"{tuple(annotation.shape[-2:])}. Replace both with the original "
                             "files of the release.")
         mask = ANNOTATION_TO_CLASS[annotation.numpy()]  # (H, W) uint8
-        pair = (image, tv_tensors.Mask(torch.from_numpy(mask)))
-        if self._cache is not None:
-            self._cache[index] = pair
-        return pair
-
-    def __getitem__(self, index: int):
-        image, mask = self.load(index)
-        mask = tv_tensors.Mask(mask.long())  # (H, W) int64
-        if self.transform is not None:
-            return self.transform(image, mask)
-        return image, mask
+        return image, tv_tensors.Mask(torch.from_numpy(mask))

@@ -28,11 +28,10 @@ from typing import Callable, NamedTuple, Optional
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from segtut import config
-from segtut.data import list_images, read_image, read_mask
+from segtut.data import PairDataset, list_images, read_image, read_mask
 from segtut.datasets.colours import ambiguous_share, colours_to_ids
 from segtut.datasets.labels import IGNORE_INDEX
 from segtut.errors import DataError
@@ -199,7 +198,7 @@ def _pairs_help(where: Path) -> str:
             f"download Cityscapes ({_CITATION}).")
 
 
-class _CityscapesBase(Dataset):
+class _CityscapesBase(PairDataset):
     """The shared part of both loaders: target tables, limit, cache, transform."""
 
     def _set_target(self, target: str) -> None:
@@ -211,29 +210,7 @@ class _CityscapesBase(Dataset):
     def _finish(self, limit: Optional[int], cache: bool) -> None:
         if limit is not None:
             self.images = self.images[:limit]
-        self._cache: Optional[dict] = {} if cache else None
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def _read(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
-        raise NotImplementedError
-
-    def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
-        """One pair without the transform: uint8 ``(3, H, W)`` and uint8 ``(H, W)`` class ids."""
-        if self._cache is not None and index in self._cache:
-            return self._cache[index]
-        pair = self._read(index)
-        if self._cache is not None:
-            self._cache[index] = pair
-        return pair
-
-    def __getitem__(self, index: int):
-        image, mask = self.load(index)
-        mask = tv_tensors.Mask(mask.long())  # (H, W) int64
-        if self.transform is not None:
-            return self.transform(image, mask)
-        return image, mask
+        self._cache = {} if cache else None
 
 
 class CityscapesPairs(_CityscapesBase):

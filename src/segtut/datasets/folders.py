@@ -25,10 +25,9 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from segtut.data import (_by_stem, _decode, describe_bad_mask, list_images, read_image,
+from segtut.data import (PairDataset, _decode, describe_bad_mask, pair_by_stem, read_image,
                          read_mask)
 from segtut.datasets.colours import colours_to_ids
 from segtut.datasets.describe import same_aspect
@@ -101,7 +100,7 @@ def _single_channel(array: np.ndarray, path: Path) -> Optional[np.ndarray]:
     return None
 
 
-class MaskFolder(Dataset):
+class MaskFolder(PairDataset):
     """Images in one folder, masks with the same file stem in another: your own data.
 
     ``images/0001.jpg`` pairs with ``masks/0001.png``, by the rules of
@@ -172,7 +171,7 @@ class MaskFolder(Dataset):
                              (palette if palette is not None else default_palette(num_classes)))
         self._check_palette()
         self.images, self.masks = self._pair(limit)
-        self._cache: Optional[dict[int, tuple]] = {} if cache else None
+        self._cache = {} if cache else None
         self._jpeg_warned = False
         self._resize_warned = False
         self._scan_headers()
@@ -212,29 +211,15 @@ class MaskFolder(Dataset):
                 raise ValueError(f"palette colour {colour} is not an RGB triple of 0..255.")
 
     def _pair(self, limit: Optional[int]) -> tuple[list[Path], list[Path]]:
-        """Match images and masks by stem; the same errors as SegmentationFolder."""
+        """Match images and masks by stem, with SegmentationFolder's rules and errors."""
         for folder in (self.images_dir, self.masks_dir):
             if not folder.is_dir():
                 raise DataError(f"Folder not found: {folder}. Point MaskFolder at a folder of "
                                 "images and a folder of masks with matching file names.")
-        images = list_images(self.images_dir)
-        by_image = _by_stem(images, self.images_dir, "image")
-        masks = _by_stem(list_images(self.masks_dir), self.masks_dir, "mask")
-        missing = [p.name for p in images if p.stem not in masks]
-        if missing:
-            raise DataError(f"{len(missing)} image(s) in {self.images_dir} have no mask with the "
-                            f"same name in {self.masks_dir}, e.g. {missing[:3]}. Add the masks or "
-                            "remove those images.")
-        orphans = sorted(p.name for stem, p in masks.items() if stem not in by_image)
-        if orphans:
-            raise DataError(f"{len(orphans)} mask(s) in {self.masks_dir} have no image with the "
-                            f"same name in {self.images_dir}, e.g. {orphans[:3]}. An image was "
-                            "renamed or deleted: restore it, or remove those masks.")
-        if not images:
-            raise DataError(f"No images found in {self.images_dir}.")
+        images, masks = pair_by_stem(self.images_dir, self.masks_dir)
         if limit is not None:
-            images = images[:limit]
-        return images, [masks[p.stem] for p in images]
+            images, masks = images[:limit], masks[:limit]
+        return images, masks
 
     def _scan_headers(self) -> None:
         """Count JPEG masks and size mismatches from the headers, to warn once, up front.
@@ -279,18 +264,13 @@ class MaskFolder(Dataset):
 
     # --- reading ------------------------------------------------------------------------------
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+    def _read(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         """Read, convert and check one pair, without the transform.
 
         Returns:
             ``(image, mask)``: uint8 ``(3, H, W)`` and the class ids ``(H, W)`` (stored as
             uint8 when every label fits, int64 otherwise).
         """
-        if self._cache is not None and index in self._cache:
-            return self._cache[index]
         image_path, mask_path = self.images[index], self.masks[index]
         image = read_image(image_path)  # (3, H, W) uint8, greyscale made RGB
         ids = self._read_ids(mask_path)  # (h, w) int64
@@ -301,17 +281,7 @@ class MaskFolder(Dataset):
         fits_uint8 = self.num_classes <= 256 and (self.ignore_index is None
                                                   or 0 <= self.ignore_index < 256)
         mask = torch.from_numpy(ids.astype(np.uint8 if fits_uint8 else np.int64))
-        pair = (image, tv_tensors.Mask(mask))
-        if self._cache is not None:
-            self._cache[index] = pair
-        return pair
-
-    def __getitem__(self, index: int):
-        image, mask = self.load(index)
-        mask = tv_tensors.Mask(mask.long())  # (H, W) int64
-        if self.transform is not None:
-            return self.transform(image, mask)
-        return image, mask
+        return image, tv_tensors.Mask(mask)
 
     def _fit(self, ids: np.ndarray, size: tuple[int, int], image_path: Path,
              mask_path: Path) -> np.ndarray:

@@ -15,11 +15,10 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from segtut import config
-from segtut.data import read_image, read_mask
+from segtut.data import PairDataset, read_image, read_mask
 from segtut.datasets.labels import IGNORE_INDEX
 from segtut.errors import DataError
 
@@ -42,7 +41,7 @@ def _help(root: Path) -> str:
             "trainval.txt, test.txt).")
 
 
-class OxfordPet(Dataset):
+class OxfordPet(PairDataset):
     """Oxford-IIIT Pet trimaps as masks: background 0, pet 1, border ignored or class 2.
 
     Args:
@@ -91,7 +90,7 @@ class OxfordPet(Dataset):
         self.masks = [Path(p) for p in pets._segs]
         if limit is not None:
             self.images, self.masks = self.images[:limit], self.masks[:limit]
-        self._cache: Optional[dict] = {} if cache else None
+        self._cache = {} if cache else None
 
     def _torchvision(self, base: Path, download: bool):
         from torchvision.datasets import OxfordIIITPet
@@ -115,13 +114,8 @@ class OxfordPet(Dataset):
             raise DataError(f"Could not download or open Oxford-IIIT Pet in {self.root}: "
                             f"{error}. " + _help(self.root)) from None
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+    def _read(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         """One pair without the transform: uint8 ``(3, H, W)`` and uint8 ``(H, W)`` class ids."""
-        if self._cache is not None and index in self._cache:
-            return self._cache[index]
         image = read_image(self.images[index])
         trimap = read_mask(self.masks[index], num_classes=4, ignore_index=None).numpy()
         if (trimap == 0).any():
@@ -133,14 +127,4 @@ class OxfordPet(Dataset):
                             f"its trimap {self.masks[index]} is {trimap.shape}. Replace both "
                             "with the original files.")
         mask = self._table[trimap]  # (H, W) uint8
-        pair = (image, tv_tensors.Mask(torch.from_numpy(mask)))
-        if self._cache is not None:
-            self._cache[index] = pair
-        return pair
-
-    def __getitem__(self, index: int):
-        image, mask = self.load(index)
-        mask = tv_tensors.Mask(mask.long())  # (H, W) int64
-        if self.transform is not None:
-            return self.transform(image, mask)
-        return image, mask
+        return image, tv_tensors.Mask(torch.from_numpy(mask))
