@@ -68,6 +68,18 @@ SYNTHETIC_TRAIN_IMAGES, SYNTHETIC_EVAL_IMAGES = 8, 4
 SYNTHETIC_BANNER = "SYNTHETIC DATA"
 
 
+def synthetic_banner(log: Callable[[str], None], *, missing: str, what: str, root: Path,
+                     hint: str) -> None:
+    """The loud banner of every smoke-profile fallback: what is missing, what SYNTHETIC data
+    was written instead (and where), and how to get the real data."""
+    log("=" * 78)
+    log(f"{SYNTHETIC_BANNER}: {missing}")
+    log(f"The smoke profile continues on SYNTHETIC {what} written to {root}: these numbers "
+        "mean nothing.")
+    log(hint)
+    log("=" * 78)
+
+
 def camvid_for_profile(profile: str, data_dir: str | Path | None = None, *,
                        train_images: Optional[int] = None, eval_images: Optional[int] = None,
                        scratch: str | Path | None = None,
@@ -118,13 +130,10 @@ def camvid_for_profile(profile: str, data_dir: str | Path | None = None, *,
         evaluation = eval_images or SYNTHETIC_EVAL_IMAGES
         root = write_synthetic_camvid(scratch, train, evaluation, SYNTHETIC_SIZE)
         where = Path(data_dir).expanduser() if data_dir not in (None, "") else config.data_dir()
-        log("=" * 78)
-        log(f"{SYNTHETIC_BANNER}: CamVid is not in {where / 'camvid'}, and the smoke profile "
-            "never downloads it.")
-        log(f"The smoke profile continues on SYNTHETIC scenes written to {root}: these numbers "
-            "mean nothing.")
-        log("For real CamVid, set SEGTUT_DATA_DIR to the folder that holds camvid/.")
-        log("=" * 78)
+        synthetic_banner(log, missing=f"CamVid is not in {where / 'camvid'}, and the smoke "
+                         "profile never downloads it.", what="scenes", root=root,
+                         hint="For real CamVid, set SEGTUT_DATA_DIR to the folder that holds "
+                         "camvid/.")
         source = (f"SYNTHETIC scenes (offline fallback, NOT CamVid: train {train}, val "
                   f"{evaluation}, test {evaluation} images, {SYNTHETIC_SIZE[0]}x"
                   f"{SYNTHETIC_SIZE[1]})")

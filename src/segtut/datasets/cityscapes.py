@@ -35,7 +35,7 @@ from segtut.data import PairDataset, list_images, read_image, read_mask
 from segtut.datasets.colours import ambiguous_share, colours_to_ids
 from segtut.datasets.labels import IGNORE_INDEX
 from segtut.errors import DataError
-from segtut.profiles import PROFILES, SYNTHETIC_BANNER, DataFolder
+from segtut.profiles import PROFILES, DataFolder, synthetic_banner
 
 __all__ = [
     "Label", "LABELS", "TARGETS", "TRAIN_CLASS_NAMES", "TRAIN_PALETTE", "CATEGORY_NAMES",
@@ -518,14 +518,11 @@ def cityscapes_pairs_for_profile(profile: str, data_dir: str | Path | None = Non
         train, evaluation = train_images or 8, eval_images or 4
         root = write_synthetic_pairs(scratch, train, evaluation)
         where = Path(data_dir).expanduser() if data_dir not in (None, "") else config.data_dir()
-        log("=" * 78)
-        log(f"{SYNTHETIC_BANNER}: Cityscapes pairs are not in {where / PAIRS_FOLDER}, and "
-            "segtut never downloads Cityscapes.")
-        log(f"The smoke profile continues on SYNTHETIC pairs written to {root}: these numbers "
-            "mean nothing.")
-        log(f"For real data, get cityscapes.tar.gz from {_PIX2PIX_URL} (or Kaggle "
-            f"'cityscapes_data') and put train/ and val/ in {where / PAIRS_FOLDER}.")
-        log("=" * 78)
+        synthetic_banner(log, missing=f"Cityscapes pairs are not in {where / PAIRS_FOLDER}, "
+                         "and segtut never downloads Cityscapes.", what="pairs", root=root,
+                         hint=f"For real data, get cityscapes.tar.gz from {_PIX2PIX_URL} (or "
+                         f"Kaggle 'cityscapes_data') and put train/ and val/ in "
+                         f"{where / PAIRS_FOLDER}.")
         source = (f"SYNTHETIC pairs (offline fallback, NOT Cityscapes: train {train}, val "
                   f"{evaluation} images, 256x256)")
         return DataFolder(root, source, True)

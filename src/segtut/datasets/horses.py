@@ -43,7 +43,7 @@ from segtut.datasets.folders import MaskFolder
 from segtut.datasets.labels import IGNORE_INDEX
 from segtut.download import NETWORK_TIMEOUT, _copy_member, _fetch
 from segtut.errors import DataError
-from segtut.profiles import PROFILES, SYNTHETIC_BANNER, DataFolder
+from segtut.profiles import PROFILES, DataFolder, synthetic_banner
 
 __all__ = [
     "HORSE_FOLDER", "HORSE_URL", "HORSE_URL_ENV", "HORSE_COMMIT", "HORSE_CLASS_NAMES",
@@ -340,13 +340,11 @@ def horses_for_profile(profile: str, data_dir: str | Path | None = None, *,
         scratch = Path(scratch) if scratch else Path(tempfile.mkdtemp(prefix="segtut_synthetic_"))
         root = write_synthetic_horses(scratch / HORSE_FOLDER)
         where = Path(data_dir).expanduser() if data_dir not in (None, "") else config.data_dir()
-        log("=" * 78)
-        log(f"{SYNTHETIC_BANNER}: the Weizmann horses are not in {where / HORSE_FOLDER}, and the "
-            "smoke profile never downloads them.")
-        log(f"The smoke profile continues on SYNTHETIC ellipse 'horses' written to {root}: "
-            "these numbers mean nothing.")
-        log(f"For the real data, set {DATA_DIR_ENV} to the folder that holds {HORSE_FOLDER}/.")
-        log("=" * 78)
+        synthetic_banner(log, missing=f"the Weizmann horses are not in {where / HORSE_FOLDER}, "
+                         "and the smoke profile never downloads them.",
+                         what="ellipse 'horses'", root=root,
+                         hint=f"For the real data, set {DATA_DIR_ENV} to the folder that holds "
+                         f"{HORSE_FOLDER}/.")
         photos = len(list_images(root / IMAGES))
         source = (f"SYNTHETIC horses (offline fallback, NOT the Weizmann Horse Database: "
                   f"{photos} photos {SYNTHETIC_PHOTO_SIZE[0]}x{SYNTHETIC_PHOTO_SIZE[1]}, JPEG "
