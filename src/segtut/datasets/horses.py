@@ -28,8 +28,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import zipfile
-import zlib
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -41,7 +39,7 @@ from segtut.config import DATA_DIR_ENV
 from segtut.data import list_images
 from segtut.datasets.folders import MaskFolder
 from segtut.datasets.labels import IGNORE_INDEX
-from segtut.download import NETWORK_TIMEOUT, _copy_member, _fetch
+from segtut.download import NETWORK_TIMEOUT, _fetch, extract_folders
 from segtut.errors import DataError
 from segtut.profiles import PROFILES, DataFolder, synthetic_banner
 
@@ -129,40 +127,6 @@ def _how_to_get(target: Path) -> str:
             f"  * set {HORSE_URL_ENV} to that zip file (a path or file:///path/to.zip).")
 
 
-def _extract(archive_path: Path, staging: Path, url: str) -> None:
-    """Unpack the archive's ``weizmann_horse_db/{rgb,figure_ground}`` files into ``staging``."""
-    try:
-        with zipfile.ZipFile(archive_path) as archive:
-            members = archive.infolist()
-            prefix = None
-            for member in members:  # the shallowest weizmann_horse_db/ holding rgb/
-                parts = member.filename.split("/")
-                for i in range(len(parts) - 2):
-                    if parts[i] == ARCHIVE_FOLDER and parts[i + 1] in (IMAGES, MASKS):
-                        candidate = "/".join(parts[:i + 1]) + "/"
-                        if prefix is None or candidate.count("/") < prefix.count("/"):
-                            prefix = candidate
-                        break
-            if prefix is None:
-                raise DataError(f"The archive from {url} has no {ARCHIVE_FOLDER}/ folder with "
-                                f"{IMAGES}/ and {MASKS}/ inside; is it the "
-                                "shenshutao/image_segmentation repository?")
-            for name in (IMAGES, MASKS):
-                (staging / name).mkdir(parents=True)
-            for member in members:
-                if member.is_dir() or not member.filename.startswith(prefix):
-                    continue
-                parts = member.filename[len(prefix):].split("/")
-                # Only files directly inside rgb/ or figure_ground/ (not the gray/ copies).
-                if len(parts) != 2 or parts[0] not in (IMAGES, MASKS) or parts[1] in ("", ".",
-                                                                                      ".."):
-                    continue
-                _copy_member(archive, member, staging / parts[0] / parts[1])
-    except (zipfile.BadZipFile, zlib.error, EOFError) as error:
-        raise DataError(f"The file downloaded from {url} is not a valid zip archive ({error}): "
-                        "the download is truncated or corrupt. Try again.") from None
-
-
 def download_horses(destination: str | Path, url: Optional[str] = None,
                     timeout: float = NETWORK_TIMEOUT) -> Path:
     """Download the horses into ``destination`` (the ``weizmann_horse`` folder), all or nothing.
@@ -192,13 +156,11 @@ def download_horses(destination: str | Path, url: Optional[str] = None,
                         f"write to (it will hold {HORSE_FOLDER}/).") from None
     try:
         archive = temporary / "archive.zip"
-        try:
-            _fetch(url, archive, timeout)
-        except DataError as error:
-            # segtut.download._fetch words its errors for CamVid; say which data set failed.
-            raise DataError(str(error).replace("CamVid", "the Weizmann Horse archive")) from None
+        _fetch(url, archive, timeout, what="the Weizmann Horse archive")
         staging = temporary / destination.name
-        _extract(archive, staging, url)
+        extract_folders(archive, staging, folder=ARCHIVE_FOLDER, subfolders=(IMAGES, MASKS),
+                        url=url, source="shenshutao/image_segmentation repository",
+                        description="Unpacking the horses")
         archive.unlink()
         problems = horse_problems(staging)
         if problems:
