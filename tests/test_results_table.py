@@ -111,3 +111,47 @@ def test_printed_minutes_rounds_but_does_not_guess():
     assert printed_minutes(8.5, "trained 22 epochs: 8.5 min of training")
     assert printed_minutes(8.5, "train min 8.45")
     assert not printed_minutes(4.2, "train min 4.39")
+
+
+# -- the comparison table: generated from the MLflow store of chapter 15 ----------------------
+
+STORE = ROOT / "results" / "camvid_comparison"
+START, END = "<!-- COMPARISON TABLE START", "<!-- COMPARISON TABLE END -->"
+
+
+def landing_comparison_table() -> str:
+    text = INTRO.read_text()
+    block = text.split(START, 1)[1].split("\n", 1)[1]
+    return block.split(END, 1)[0].strip()
+
+
+def stored_comparison_table() -> str:
+    pytest.importorskip("mlflow")
+    from segtut.comparison import load_runs, markdown_table, summary_table
+
+    assert (STORE / "mlflow.db").exists(), f"{STORE / 'mlflow.db'} is missing: it is committed"
+    return markdown_table(summary_table(load_runs(STORE, profile="cpu")))
+
+
+def test_the_landing_comparison_table_is_the_one_the_store_gives():
+    expected = stored_comparison_table()
+    assert landing_comparison_table() == expected, (
+        "book/intro.md's comparison table differs from results/camvid_comparison/mlflow.db: run "
+        "python scripts/compare.py --table --write-landing book/intro.md")
+
+
+def test_the_comparison_table_covers_every_registered_model():
+    from segtut.models import MODELS
+
+    from segtut.comparison import MODEL_LABELS
+
+    table = landing_comparison_table()
+    for name in MODELS:
+        assert f"| {MODEL_LABELS[name]} |" in table, f"{name} has no row in the comparison table"
+
+
+def test_chapter_15_prints_the_same_table_from_the_same_store():
+    text = stored_text(ROOT / "notebooks" / "15_model_comparison.ipynb")
+    assert stored_comparison_table() in text, (
+        "chapter 15's stored outputs do not print the table of results/camvid_comparison: re-run "
+        "the chapter after filling the store")
