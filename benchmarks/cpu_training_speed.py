@@ -10,6 +10,9 @@ ignoring void; :mod:`workload`) are timed with :func:`segtut.train.train_one_epo
 * ``channels_last``: the model and the batches in ``torch.channels_last``;
 * ``compile``: ``torch.compile(model)``; the compile time (first step) is reported apart, and a
   failure is reported in the table instead of stopping the run;
+* ``amp_bf16``: bfloat16 autocast (``fit(..., amp=True)`` on a CPU: convolutions and matrix
+  products in bfloat16, the rest in float32), NCHW; ``amp_bf16_channels_last``: the same with
+  the model and batches in ``torch.channels_last`` (chapter 16's fastest combination);
 * ``threads_1`` / ``threads_2``: ``torch.set_num_threads(1)`` / ``(2)``;
 * ``loader_w{0,2}_{nocache,cache}``: the real pipeline instead of batches in memory: chapter 3's
   ``DataLoader`` over :func:`segtut.profiles.load_camvid_splits`, ``num_workers`` 0 or 2, decoded
@@ -49,6 +52,8 @@ TECHNIQUES = {
     "eager": "baseline: eager, NCHW, --threads threads, batches in memory",
     "channels_last": "model and batches in torch.channels_last",
     "compile": "torch.compile(model), default mode",
+    "amp_bf16": "bfloat16 autocast (fit(..., amp=True) on a CPU), NCHW",
+    "amp_bf16_channels_last": "bfloat16 autocast, model and batches in torch.channels_last",
     "threads_1": "torch.set_num_threads(1)",
     "threads_2": "torch.set_num_threads(2)",
     "loader_w0_nocache": "real pipeline, num_workers=0, cache off",
@@ -111,11 +116,14 @@ def measure_model(name: str, techniques: list[str], workload: wl.Workload, data:
     epoch_steps = data["epoch_steps"]
     results = {}  # technique -> (seconds per step, notes)
 
-    def timed(model, model_batches, threads=None):
+    def timed(model, model_batches, threads=None, amp=False):
         optimizer = wl.optimizer_for(model, workload)
         return wl.median_step_seconds(model, model_batches, optimizer, loss_fn,
                                       steps=args.steps, warmup=args.warmup,
-                                      repeats=args.repeats, threads=threads)
+                                      repeats=args.repeats, threads=threads, amp=amp)
+
+    channels_last_batches = [(images.contiguous(memory_format=torch.channels_last), masks)
+                             for images, masks in batches]
 
     eval_row = None
     for technique in techniques:
@@ -126,8 +134,12 @@ def measure_model(name: str, techniques: list[str], workload: wl.Workload, data:
             seconds = timed(model, batches)
         elif technique == "channels_last":
             model = model.to(memory_format=torch.channels_last)
-            seconds = timed(model, [(images.contiguous(memory_format=torch.channels_last),
-                                     masks) for images, masks in batches])
+            seconds = timed(model, channels_last_batches)
+        elif technique == "amp_bf16":
+            seconds = timed(model, batches, amp=True)
+        elif technique == "amp_bf16_channels_last":
+            model = model.to(memory_format=torch.channels_last)
+            seconds = timed(model, channels_last_batches, amp=True)
         elif technique == "compile":
             compiled = torch.compile(model)
             optimizer = wl.optimizer_for(compiled, workload)

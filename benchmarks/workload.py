@@ -175,33 +175,36 @@ def fixed_batches(dataset: Dataset, workload: Workload, count: int,
 
 
 def train_seconds(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer,
-                  loss_fn: nn.Module) -> tuple[float, int]:
+                  loss_fn: nn.Module, amp: bool = False) -> tuple[float, int]:
     """``(seconds, steps)`` of :func:`segtut.train.train_one_epoch` over the batches of
-    ``batches`` (a list, a slice of a loader's iterator, ...), on the CPU, without a bar."""
+    ``batches`` (a list, a slice of a loader's iterator, ...), on the CPU, without a bar;
+    ``amp``: bfloat16 autocast, as ``fit(..., amp=True)`` on a CPU."""
     result = train_one_epoch(model, batches, loss_fn, optimizer, torch.device("cpu"),
-                             progress=False, ignore_index=IGNORE_INDEX, warn_skipped=False)
+                             progress=False, ignore_index=IGNORE_INDEX, warn_skipped=False,
+                             amp=amp, amp_dtype=torch.bfloat16 if amp else None)
     return result["seconds"], result["steps"]
 
 
 def train_steps(model: nn.Module, batches: Sequence, optimizer: torch.optim.Optimizer,
-                loss_fn: nn.Module, steps: int) -> float:
+                loss_fn: nn.Module, steps: int, amp: bool = False) -> float:
     """Seconds for ``steps`` training steps cycling through ``batches`` (already in memory,
-    already in the model's memory format)."""
+    already in the model's memory format); ``amp``: bfloat16 autocast."""
     seconds, _ = train_seconds(model, itertools.islice(itertools.cycle(batches), steps),
-                               optimizer, loss_fn)
+                               optimizer, loss_fn, amp)
     return seconds
 
 
 def median_step_seconds(model: nn.Module, batches: Sequence, optimizer: torch.optim.Optimizer,
                         loss_fn: nn.Module, *, steps: int, warmup: int, repeats: int,
-                        threads: Optional[int] = None) -> float:
+                        threads: Optional[int] = None, amp: bool = False) -> float:
     """Median seconds per training step: ``repeats`` runs of ``steps`` steps after ``warmup``
-    untimed steps, timed by :func:`segtut.measure.latency_ms` with ``threads`` torch threads."""
+    untimed steps, timed by :func:`segtut.measure.latency_ms` with ``threads`` torch threads;
+    ``amp``: bfloat16 autocast."""
     def run():
-        train_steps(model, batches, optimizer, loss_fn, steps)
+        train_steps(model, batches, optimizer, loss_fn, steps, amp)
 
     if warmup:
-        latency_ms(lambda: train_steps(model, batches, optimizer, loss_fn, warmup),
+        latency_ms(lambda: train_steps(model, batches, optimizer, loss_fn, warmup, amp),
                    inference=False, warmup=0, repeats=1, threads=threads, device="cpu")
     timing = latency_ms(run, inference=False, warmup=0, repeats=repeats, threads=threads,
                         device="cpu")
