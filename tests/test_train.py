@@ -309,6 +309,38 @@ def test_accumulation_steps_on_the_last_batch_and_counts_max_steps_in_steps():
                         accumulation_steps=0)
 
 
+def test_float16_with_a_grad_scaler_trains_like_float16_without_one():
+    """The path of a GPU without bfloat16 (fit's GradScaler), run on the CPU.
+
+    The scale is a power of two, so scaling the loss and unscaling the gradients is exact: two
+    steps with the scaler give the weights of two steps without it. A step whose gradients
+    overflow is skipped by the scaler (and the scale halved) instead of writing inf weights.
+    """
+    loader = DataLoader(toy_data(4), batch_size=2)
+    loss_fn = build_loss("ce", ignore_index=IGNORE)
+    models = {}
+    for name in ("plain", "scaled"):
+        model = tiny_net()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10) if name == "scaled" else None
+        info = train_one_epoch(model, loader, loss_fn, optimizer, CPU, amp=True,
+                               amp_dtype=torch.float16, scaler=scaler, progress=False)
+        assert info["steps"] == 2
+        models[name] = model
+    for a, b in zip(models["plain"].parameters(), models["scaled"].parameters()):
+        torch.testing.assert_close(a, b)
+    assert not torch.equal(next(tiny_net().parameters()), next(models["scaled"].parameters()))
+
+    model = tiny_net()
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 60)  # overflows float16 gradients
+    train_one_epoch(model, DataLoader(toy_data(2), batch_size=2), loss_fn, optimizer, CPU,
+                    amp=True, amp_dtype=torch.float16, scaler=scaler, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # step skipped
+    assert scaler.get_scale() == 2.0 ** 59
+
+
 def fit_tiny(model, epochs=2, **kwargs):
     loader = DataLoader(toy_data(4), batch_size=2)
     return fit(model, loader, loader, loss_fn=build_loss("ce", ignore_index=IGNORE),

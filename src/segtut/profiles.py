@@ -236,3 +236,93 @@ def run_card(profile: str, settings: dict, *, source: str, device: torch.device,
     lines.append("  versions     " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     lines.append(f"  platform     {platform.platform()} ({sys.implementation.name})")
     return "\n".join(lines)
+
+
+# -- One-step runs: a profile's settings, cut to one training step ----------------------------
+
+#: Knobs that count work (epochs, images, repeats, seeds) and what a one-step run keeps of them.
+#: Every other knob (resolution, batch size, workers, AMP, model, optimiser) is kept as it is.
+ONE_STEP_IMAGES = 2
+_COUNT_SUFFIXES = ("epochs", "repeats", "warmup", "iterations", "steps")
+_IMAGE_COUNTS = ("eval_images", "count_images", "weight_images", "gradient_images",
+                 "test_images", "scan_images", "gif_frames", "ddp_val_images", "polygon_examples")
+#: Training-set sizes: cut to one batch (``images``: a stand-in model's train and eval count).
+_TRAIN_COUNTS = ("train_images", "images")
+
+
+def is_count_knob(key: str) -> bool:
+    """Whether :func:`one_step_settings` cuts the knob ``key`` (it counts work, not shapes)."""
+    return (key.endswith(_COUNT_SUFFIXES) or key in _IMAGE_COUNTS
+            or key in _TRAIN_COUNTS + ("ddp_images", "seeds", "time_budget_s"))
+
+
+def one_step_settings(settings: dict, *, max_batch: Optional[int] = None,
+                      max_models: Optional[int] = None, batch_size: Optional[int] = None) -> dict:
+    """``settings`` with every count cut to about one training step; shapes kept.
+
+    A quick check that a profile STARTS (scripts/train.py's ``--dry-run`` only prints the
+    settings): a notebook's ``gpu`` settings on a laptop before a long run on a rented GPU, or
+    the test that runs every notebook's ``gpu`` settings on the CPU (tests/test_gpu_settings.py): the resolution, crops, batch size, DataLoader workers, AMP,
+    model and optimiser stay as they are, so that shape, memory and configuration errors show up;
+    what only counts work is cut:
+
+    * ``*epochs`` -> at most 1; ``*repeats`` and ``*iterations`` and ``*steps`` -> at most 1
+      (``lr_find_iterations``: 12, since fastai's finder suggests from the points left after
+      dropping its first tenth and its last 5); ``*warmup`` -> 0;
+    * ``train_images`` and ``images`` -> one batch (``batch_size``, else the enclosing dict's,
+      else 8), or ``ddp_images`` if more; ``ddp_images`` -> one batch per process of two
+      (``2 * ddp_batch``); the other image counts -> :data:`ONE_STEP_IMAGES`;
+    * ``seeds`` -> the first seed; ``time_budget_s`` -> None (one epoch needs no budget).
+
+    Two more cuts for a machine that cannot afford even that (a 2-core CPU needs about 40
+    minutes for every chapter's ``gpu`` settings, mostly full-size batches at 360x480 in
+    float32): ``max_batch`` caps ``batch_size``, ``ddp_batch`` and the sizes in ``*batches``
+    (2 still trains BatchNorm),
+    ``max_models`` keeps the first models of a ``models`` list (chapter 15 runs the same code
+    for each; every model's own chapter checks its shapes).
+
+    Nested dicts (e.g. a stand-in model's settings) are cut the same way. The result is a new
+    dict; ``settings`` is not changed. ``batch_size``: the batch of an enclosing dict.
+    """
+    if max_batch is not None and max_batch < 2:
+        raise ValueError(f"max_batch={max_batch}: BatchNorm needs 2 images or more per batch.")
+    batch = settings.get("batch_size") or batch_size or 8
+    if max_batch is not None:
+        batch = min(batch, max_batch)
+    ddp_images = None
+    if settings.get("ddp_images") is not None:
+        ddp_images = 2 * min(settings.get("ddp_batch") or 1, max_batch or 10 ** 9)
+    out = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            value = one_step_settings(value, max_batch=max_batch, max_models=max_models,
+                                      batch_size=batch)
+        elif key in ("batch_size", "ddp_batch") and max_batch is not None and value:
+            value = min(value, max_batch)
+        elif key.endswith("batches") and max_batch is not None:  # e.g. timed batch sizes
+            value = tuple(dict.fromkeys(min(b, max_batch) for b in value))
+        elif key == "models" and max_models is not None:
+            value = tuple(value)[:max_models]
+        elif not is_count_knob(key):
+            pass
+        elif key == "time_budget_s":
+            value = None
+        elif key == "seeds":
+            value = tuple(value)[:1]
+        elif key in _TRAIN_COUNTS:
+            # enough for one batch, and for the two-process experiment's shards when there is one
+            value = max(batch, ddp_images or 0)
+        elif value is None and key not in _IMAGE_COUNTS:
+            pass  # e.g. no epoch limit: nothing to cut
+        elif key == "ddp_images":
+            value = ddp_images
+        elif key in _IMAGE_COUNTS:
+            value = ONE_STEP_IMAGES if value is None else min(value, ONE_STEP_IMAGES)
+        elif key == "lr_find_iterations":
+            value = min(value, 12)  # fastai's lr_find drops its last 5 points; 12 leave 6
+        elif key.endswith("warmup"):
+            value = 0
+        else:  # epochs, repeats, iterations, steps
+            value = min(value, 1)
+        out[key] = value
+    return out
