@@ -14,7 +14,8 @@ models; one epoch of one batch, two evaluation images, one timing repeat) in a s
 the notebooks folder, and never touches the stored outputs: a minute-scale check before hours on
 a rented GPU. The tests run every chapter this way with the ``gpu`` settings on the CPU
 (tests/test_gpu_settings.py), with batches capped at 2 and chapter 15 comparing 2 models
-(``--max-batch 2 --max-models 2``): the full check takes about 40 minutes on 2 CPU cores.
+(``--max-batch 2 --max-models 2``, about 14 minutes): the full check takes well over 45
+minutes on 2 CPU cores.
 """
 
 from __future__ import annotations

@@ -41,7 +41,8 @@ SHAPE_KNOBS = {
 }
 
 #: The CI machine's economy (2 CPU cores): every chapter's gpu settings with full-size batches
-#: and chapter 15's 13 models take about 40 minutes; capped, about N minutes. The full check is
+#: and chapter 15's 13 models take well over 45 minutes (chapter 15 alone: 14); capped, and two
+#: notebooks at a time, about 14 minutes. The full check is
 #: `python scripts/run_notebooks.py --profile gpu --one-step` (seconds per chapter on a GPU).
 MAX_BATCH, MAX_MODELS = 2, 2
 

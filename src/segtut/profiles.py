@@ -274,12 +274,11 @@ def one_step_settings(settings: dict, *, max_batch: Optional[int] = None,
       (``2 * ddp_batch``); the other image counts -> :data:`ONE_STEP_IMAGES`;
     * ``seeds`` -> the first seed; ``time_budget_s`` -> None (one epoch needs no budget).
 
-    Two more cuts for a machine that cannot afford even that (a 2-core CPU needs about 40
+    Two more cuts for a machine that cannot afford even that (a 2-core CPU needs well over 45
     minutes for every chapter's ``gpu`` settings, mostly full-size batches at 360x480 in
     float32): ``max_batch`` caps ``batch_size``, ``ddp_batch`` and the sizes in ``*batches``
-    (2 still trains BatchNorm),
-    ``max_models`` keeps the first models of a ``models`` list (chapter 15 runs the same code
-    for each; every model's own chapter checks its shapes).
+    (2 still trains BatchNorm); ``max_models`` keeps the first models of a ``models`` list
+    (chapter 15 runs the same code for each; every model's own chapter checks its shapes).
 
     Nested dicts (e.g. a stand-in model's settings) are cut the same way. The result is a new
     dict; ``settings`` is not changed. ``batch_size``: the batch of an enclosing dict.
