@@ -13,9 +13,9 @@ stored outputs hold the per-epoch log lines rather than widget state.
 models; one epoch of one batch, two evaluation images, one timing repeat) in a scratch copy of
 the notebooks folder, and never touches the stored outputs: a minute-scale check before hours on
 a rented GPU. The tests run every chapter this way with the ``gpu`` settings on the CPU
-(tests/test_gpu_settings.py), with batches capped at 2 and chapter 15 comparing 2 models
-(``--max-batch 2 --max-models 2``, about 14 minutes): the full check takes well over 45
-minutes on 2 CPU cores.
+(tests/test_gpu_settings.py) with three economies, batches of 2, U-Net and FCN widths of
+at most 16 and 2 models in chapter 15 (``--max-batch 2 --max-width 16 --max-models 2``): the
+full check takes well over 45 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -56,11 +56,12 @@ def parameters_index(notebook) -> int:
 
 
 def one_step_notebook(notebook, profile: str, *, max_batch: int | None = None,
-                      max_models: int | None = None):
+                      max_width: int | None = None, max_models: int | None = None):
     """``notebook`` with a cell after its parameters cell that cuts ``profile``'s counts (and
     batches and model lists: see :func:`segtut.profiles.one_step_settings`)."""
     options = "".join(f", {name}={value}" for name, value in
-                      (("max_batch", max_batch), ("max_models", max_models)) if value is not None)
+                      (("max_batch", max_batch), ("max_width", max_width),
+                       ("max_models", max_models)) if value is not None)
     source = ONE_STEP_CELL.format(profile=profile, options=options)
     code = "".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
     if "segtut.comparison" in code or "import comparison" in code:
@@ -70,13 +71,14 @@ def one_step_notebook(notebook, profile: str, *, max_batch: int | None = None,
 
 
 def run(path: Path, profile: str, timeout: int | None, *, one_step_dir: Path | None = None,
-        max_batch: int | None = None, max_models: int | None = None) -> float:
+        max_batch: int | None = None, max_width: int | None = None,
+        max_models: int | None = None) -> float:
     """Execute ``path`` in ``profile``; returns seconds.
 
     Without ``one_step_dir`` the outputs are saved in place (even on failure, to see the error);
     with it, a one-step copy runs in ``one_step_dir`` (so ``../results`` lands next to it) and
-    the executed copy is written there (``max_batch``, ``max_models``: the one-step run's
-    further cuts).
+    the executed copy is written there (``max_batch``, ``max_width``, ``max_models``: the
+    one-step run's further cuts).
     """
     notebook = nbformat.read(path, as_version=4)
     os.environ["SEGTUT_PROFILE"] = profile
@@ -84,7 +86,7 @@ def run(path: Path, profile: str, timeout: int | None, *, one_step_dir: Path | N
     folder, saved = path.parent, path
     if one_step_dir is not None:
         notebook = one_step_notebook(notebook, profile, max_batch=max_batch,
-                                     max_models=max_models)
+                                     max_width=max_width, max_models=max_models)
         folder = Path(one_step_dir)
         folder.mkdir(parents=True, exist_ok=True)
         saved = folder / path.name
@@ -112,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                              "temporary folder)")
     parser.add_argument("--max-batch", type=int, default=None,
                         help="with --one-step: cap batch sizes (e.g. 2 on a small CPU)")
+    parser.add_argument("--max-width", type=int, default=None,
+                        help="with --one-step: cap base_channels (e.g. 16 on a small CPU)")
     parser.add_argument("--max-models", type=int, default=None,
                         help="with --one-step: keep the first N models of a comparison")
     args = parser.parse_args(argv)
@@ -119,14 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     one_step_dir = None
     if args.one_step:
         one_step_dir = (args.out or Path(tempfile.mkdtemp(prefix="segtut_one_step_"))) / "notebooks"
-    elif (args.out, args.max_batch, args.max_models) != (None, None, None):
-        parser.error("--out, --max-batch and --max-models only go with --one-step (other runs "
-                     "use the profile's settings and save their outputs in place)")
+    elif (args.out, args.max_batch, args.max_width, args.max_models) != (None,) * 4:
+        parser.error("--out, --max-batch, --max-width and --max-models only go with --one-step "
+                     "(other runs use the profile's settings and save their outputs in place)")
     for path in paths:
         what = "a one-step run of" if args.one_step else "profile"
         print(f"running {path} with {what} {args.profile} ...", flush=True)
         seconds = run(path.resolve(), args.profile, args.timeout, one_step_dir=one_step_dir,
-                      max_batch=args.max_batch, max_models=args.max_models)
+                      max_batch=args.max_batch, max_width=args.max_width,
+                      max_models=args.max_models)
         where = f"executed copy in {one_step_dir}" if args.one_step else "outputs saved in place"
         print(f"  done in {seconds / 60:.1f} min; {where}", flush=True)
     return 0

@@ -5,9 +5,10 @@ run each notebook the way that reader does (full resolution and crops, DataLoade
 where the device allows it, the large models and their optimisers) with the counts cut
 (:func:`segtut.profiles.one_step_settings`: one epoch of one batch, two evaluation images, one
 timing repeat). Shape, configuration and data errors of the ``gpu`` profile fail here, not in a
-reader's notebook. Two economies keep them affordable on the 2-core CI machine (MAX_BATCH,
-MAX_MODELS): batches of 2 instead of 8 or 16, and chapter 15 comparing 2 of its 13 models. The
-full check, with every batch size and model, is ``python scripts/run_notebooks.py --profile gpu
+reader's notebook. Three economies keep them affordable on the 2-core CI machine (MAX_BATCH,
+MAX_WIDTH, MAX_MODELS): batches of 2 instead of 8 or 16, the from-scratch U-Net and FCN at
+width 16 instead of 32 or 64 (channel counts, not spatial shapes), and chapter 15 comparing 2
+of its 13 models. The full check, with every batch size, width and model, is ``python scripts/run_notebooks.py --profile gpu
 --one-step``. The tests read the real data sets from ``$SEGTUT_DATA_DIR`` (skipped when a
 notebook's data set is missing) and run each notebook in a scratch copy of the notebooks folder,
 so nothing is written into the repository.
@@ -40,11 +41,11 @@ SHAPE_KNOBS = {
     "ddp_batch", "standin",
 }
 
-#: The CI machine's economy (2 CPU cores): every chapter's gpu settings with full-size batches
-#: and chapter 15's 13 models take well over 45 minutes (chapter 15 alone: 14); capped, and two
-#: notebooks at a time, about 14 minutes. The full check is
+#: The CI machine's economies (2 CPU cores): every chapter's gpu settings with full-size batches,
+#: the width-64 U-Net and chapter 15's 13 models take well over 45 minutes (chapter 15 alone:
+#: 14); with batches of 2 only, two notebooks at a time, 14 to 18 minutes. The full check is
 #: `python scripts/run_notebooks.py --profile gpu --one-step` (seconds per chapter on a GPU).
-MAX_BATCH, MAX_MODELS = 2, 2
+MAX_BATCH, MAX_WIDTH, MAX_MODELS = 2, 16, 2
 
 #: The data set folder each notebook needs under the data directory (default: camvid).
 DATA_SETS = {"13_cityscapes_and_other_datasets": "cityscapes_pairs",
@@ -82,13 +83,15 @@ def test_one_step_settings_cut_counts_and_keep_shapes():
 
 def test_the_economies_cap_batches_and_models():
     gpu = dict(batch_size=16, train_images=None, speed_batches=(1, 8), ddp_batch=4,
-               ddp_images=32, models=("unet", "fcn8s", "pspnet"),
-               standin=dict(images=None, batch_size=8))
-    assert one_step_settings(gpu, max_batch=2, max_models=2) == dict(
+               ddp_images=32, models=("unet", "fcn8s", "pspnet"), base_channels=64,
+               standin=dict(images=None, batch_size=8, base_channels=8))
+    assert one_step_settings(gpu, max_batch=2, max_width=16, max_models=2) == dict(
         batch_size=2, train_images=4, speed_batches=(1, 2), ddp_batch=2, ddp_images=4,
-        models=("unet", "fcn8s"), standin=dict(images=2, batch_size=2))
+        models=("unet", "fcn8s"), base_channels=16,
+        standin=dict(images=2, batch_size=2, base_channels=8))
     # train_images=4, not 2: the two-process experiment takes its 4 images from the train set
     assert one_step_settings(gpu)["models"] == gpu["models"]
+    assert one_step_settings(gpu)["base_channels"] == 64
     with pytest.raises(ValueError, match="BatchNorm"):
         one_step_settings(gpu, max_batch=1)
 
@@ -145,7 +148,7 @@ def run_one_step(path: Path, folder: Path) -> str | None:
     try:
         # A scratch notebooks folder: the chapter's ../results and checkpoints/ land in folder.
         load_runner().run(path, "gpu", timeout=600, one_step_dir=folder / "notebooks",
-                          max_batch=MAX_BATCH, max_models=MAX_MODELS)
+                          max_batch=MAX_BATCH, max_width=MAX_WIDTH, max_models=MAX_MODELS)
     except Exception as error:  # noqa: BLE001 - reported by the notebook's own test
         text = re.sub(r"\x1b\[[0-9;]*m", "", f"{type(error).__name__}: {error}")  # no colours
         return text[-6000:]

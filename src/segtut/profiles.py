@@ -257,7 +257,8 @@ def is_count_knob(key: str) -> bool:
 
 
 def one_step_settings(settings: dict, *, max_batch: Optional[int] = None,
-                      max_models: Optional[int] = None, batch_size: Optional[int] = None) -> dict:
+                      max_width: Optional[int] = None, max_models: Optional[int] = None,
+                      batch_size: Optional[int] = None) -> dict:
     """``settings`` with every count cut to about one training step; shapes kept.
 
     A quick check that a profile STARTS (scripts/train.py's ``--dry-run`` only prints the
@@ -274,11 +275,13 @@ def one_step_settings(settings: dict, *, max_batch: Optional[int] = None,
       (``2 * ddp_batch``); the other image counts -> :data:`ONE_STEP_IMAGES`;
     * ``seeds`` -> the first seed; ``time_budget_s`` -> None (one epoch needs no budget).
 
-    Two more cuts for a machine that cannot afford even that (a 2-core CPU needs well over 45
+    Three more cuts for a machine that cannot afford even that (a 2-core CPU needs well over 45
     minutes for every chapter's ``gpu`` settings, mostly full-size batches at 360x480 in
     float32): ``max_batch`` caps ``batch_size``, ``ddp_batch`` and the sizes in ``*batches``
-    (2 still trains BatchNorm); ``max_models`` keeps the first models of a ``models`` list
-    (chapter 15 runs the same code for each; every model's own chapter checks its shapes).
+    (2 still trains BatchNorm); ``max_width`` caps ``base_channels``, the width of the
+    from-scratch U-Net and FCN (it changes channel counts, not the spatial shapes); and
+    ``max_models`` keeps the first models of a ``models`` list (chapter 15 runs the same code
+    for each; every model's own chapter checks its shapes).
 
     Nested dicts (e.g. a stand-in model's settings) are cut the same way. The result is a new
     dict; ``settings`` is not changed. ``batch_size``: the batch of an enclosing dict.
@@ -294,12 +297,14 @@ def one_step_settings(settings: dict, *, max_batch: Optional[int] = None,
     out = {}
     for key, value in settings.items():
         if isinstance(value, dict):
-            value = one_step_settings(value, max_batch=max_batch, max_models=max_models,
-                                      batch_size=batch)
+            value = one_step_settings(value, max_batch=max_batch, max_width=max_width,
+                                      max_models=max_models, batch_size=batch)
         elif key in ("batch_size", "ddp_batch") and max_batch is not None and value:
             value = min(value, max_batch)
         elif key.endswith("batches") and max_batch is not None:  # e.g. timed batch sizes
             value = tuple(dict.fromkeys(min(b, max_batch) for b in value))
+        elif key == "base_channels" and max_width is not None:
+            value = min(value, max_width)
         elif key == "models" and max_models is not None:
             value = tuple(value)[:max_models]
         elif not is_count_knob(key):
