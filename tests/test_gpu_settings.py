@@ -43,7 +43,8 @@ SHAPE_KNOBS = {
 
 #: The CI machine's economies (2 CPU cores): every chapter's gpu settings with full-size batches,
 #: the width-64 U-Net and chapter 15's 13 models take well over 45 minutes (chapter 15 alone:
-#: 14); with batches of 2 only, two notebooks at a time, 14 to 18 minutes. The full check is
+#: 14); two notebooks at a time, with batches of 2 only 14 to 15 minutes, with all three
+#: economies 8.3 minutes (in .ci/run). The full check is
 #: `python scripts/run_notebooks.py --profile gpu --one-step` (seconds per chapter on a GPU).
 MAX_BATCH, MAX_WIDTH, MAX_MODELS = 2, 16, 2
 
