@@ -293,7 +293,8 @@ def one_step_settings(settings: dict, *, max_batch: Optional[int] = None,
         batch = min(batch, max_batch)
     ddp_images = None
     if settings.get("ddp_images") is not None:
-        ddp_images = 2 * min(settings.get("ddp_batch") or 1, max_batch or 10 ** 9)
+        ddp_batch = settings.get("ddp_batch") or 1
+        ddp_images = 2 * (min(ddp_batch, max_batch) if max_batch else ddp_batch)
     out = {}
     for key, value in settings.items():
         if isinstance(value, dict):
